@@ -1,0 +1,7 @@
+//! The paged KV cache: the tensors, and (with the engine) block bookkeeping.
+
+pub mod block_allocator;
+pub mod block_table;
+pub mod cache;
+
+pub use cache::{KvCache, KvCacheShape};

@@ -1,0 +1,9 @@
+//! surge: a vLLM-style LLM inference server for Llama 3.x.
+
+pub mod engine;
+pub mod frontend;
+pub mod kv_cache;
+pub mod loader;
+pub mod model;
+pub mod ops;
+pub mod runner;

@@ -1,0 +1,52 @@
+//! The model runner: one model and its paged KV cache on one device.
+
+// pub mod offline;
+pub mod sampler;
+
+use std::sync::Arc;
+
+use candle_core::{Device, Result, Tensor};
+
+use crate::engine::batch::BatchInputs;
+use crate::kv_cache::{KvCache, KvCacheShape};
+use crate::loader::LoadedModel;
+use crate::model::CausalLm;
+
+/// Runs batches through a model, keeping its KV cache. Knows tensors, never queues.
+pub struct ModelRunner {
+    model: Arc<dyn CausalLm>,
+    cache: KvCache,
+}
+
+impl ModelRunner {
+    /// Builds the model from loaded weights and allocates `num_blocks` KV blocks.
+    pub fn new(loaded: &LoadedModel, num_blocks: usize, block_size: usize) -> anyhow::Result<Self> {
+        let c = &loaded.config;
+        let shape = KvCacheShape {
+            num_layers: c.num_hidden_layers,
+            num_blocks,
+            block_size,
+            num_kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+        };
+        let cache = KvCache::new(shape, loaded.dtype, &loaded.device)?;
+        Ok(Self { model: loaded.model.clone(), cache })
+    }
+
+    /// f32 logits `[batch.logits_indices.len(), vocab_size]`.
+    pub fn execute(&self, batch: &BatchInputs) -> Result<Tensor> {
+        self.model.forward(batch, &self.cache)
+    }
+
+    pub fn cache_shape(&self) -> KvCacheShape {
+        self.cache.shape()
+    }
+}
+
+/// `--device`: where the model runs.
+pub fn select_device(name: &str) -> anyhow::Result<Device> {
+    match name {
+        "auto" | "cpu" => Ok(Device::Cpu),
+        other => anyhow::bail!("--device {other}: this build of surge supports only cpu (build with --features cuda for GPUs)"),
+    }
+}

@@ -1,0 +1,222 @@
+//! Branch-free f32 kernels the sampler runs over whole logit rows: a fast exp, and lane-wise max, sums and threshold statistics.
+//!
+//! A 128k-entry row is scanned several times per token, so these loops are written
+//! so that LLVM vectorises them: fixed-width lane accumulators, selects instead of
+//! branches, no early exits. Sums keep f32 lanes within a block and add blocks in
+//! f64, which bounds the rounding error whatever the row length.
+
+/// Accumulator lanes per loop (two SSE registers, one AVX register).
+const LANES: usize = 8;
+
+/// Entries per f32 partial sum before it is folded into f64.
+pub(super) const BLOCK: usize = 256;
+
+/// Below this, `exp` returns exactly 0 (the true value would be subnormal).
+const EXP_MIN_INPUT: f32 = -87.0;
+
+/// exp(x) within 2 ulp of the true value on [-87, 88], 0 below -87 (including -inf).
+///
+/// Cephes' `expf`: x = n·ln2 + r with |r| ≤ ln2/2, a degree-7 polynomial for e^r, and
+/// 2^n built in the exponent bits. Callers pass x ≤ 0 (logits minus their max).
+#[inline(always)]
+pub(super) fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5·2^23 rounds to an integer, which then sits in the low mantissa bits.
+    const ROUNDER: f32 = 12_582_912.0;
+    let clamped = x.clamp(EXP_MIN_INPUT, 88.0);
+    let shifted = clamped * std::f32::consts::LOG2_E + ROUNDER;
+    let n = shifted - ROUNDER;
+    let r = clamped - n * LN2_HI - n * LN2_LO;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
+        * r
+        + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1;
+    let mantissa = p * r * r + r + 1.0;
+    // n ∈ [-126, 127], so n + 127 is a normal exponent.
+    let exponent = (shifted.to_bits().wrapping_sub(ROUNDER.to_bits()) as i32 + 127) as u32;
+    let value = mantissa * f32::from_bits(exponent << 23);
+    if x < EXP_MIN_INPUT {
+        0.0
+    } else {
+        value
+    }
+}
+
+/// The largest value; -inf for an empty slice. NaN entries are ignored.
+pub(super) fn max(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane = if x > *lane { x } else { *lane };
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
+}
+
+/// Index of the first NaN or +inf, if any.
+pub(super) fn first_invalid(values: &[f32]) -> Option<usize> {
+    let invalid = |x: f32| !(x < f32::INFINITY);
+    for (block_index, block) in values.chunks(BLOCK).enumerate() {
+        if block.iter().fold(false, |any, &x| any | invalid(x)) {
+            let offset = block.iter().position(|&x| invalid(x)).unwrap_or(0);
+            return Some(block_index * BLOCK + offset);
+        }
+    }
+    None
+}
+
+/// Σ f(x) over `values`.
+#[inline(always)]
+pub(super) fn sum(values: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    let mut total = 0.0f64;
+    for block in values.chunks(BLOCK) {
+        let mut lanes = [0.0f32; LANES];
+        let mut chunks = block.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for (lane, &x) in lanes.iter_mut().zip(chunk) {
+                *lane += f(x);
+            }
+        }
+        let rest: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+        total += f64::from(lanes.iter().sum::<f32>() + rest);
+    }
+    total
+}
+
+/// Thresholds (on scaled logits, i.e. log of the probability relative to the top
+/// token) at which [`LevelStats`] counts tokens and their mass: e^-2.3 ≈ 0.1 down to
+/// e^-18.4 ≈ 1e-8.
+pub(super) const LEVELS: [f32; 4] = [-2.3, -4.6, -9.2, -18.4];
+
+/// How many tokens, and how much unnormalised probability, lie at or above each of
+/// [`LEVELS`]; lets top-k / top-p collect only the tokens that can matter.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(super) struct LevelStats {
+    /// Σ exp(s) over every token kept by min-p.
+    pub total: f64,
+    pub count: [usize; LEVELS.len()],
+    pub mass: [f64; LEVELS.len()],
+}
+
+impl LevelStats {
+    /// Adds the tokens whose scaled logits are `scale(x)` for x in `values`; a token
+    /// counts only when its scaled logit is at least `floor` as well (min-p).
+    #[inline(always)]
+    pub fn add(&mut self, values: &[f32], floor: f32, scale: impl Fn(f32) -> f32) {
+        let levels = LEVELS.map(|level| level.max(floor));
+        for block in values.chunks(BLOCK) {
+            let mut lanes = LevelLanes::default();
+            let mut chunks = block.chunks_exact(LANES);
+            for chunk in &mut chunks {
+                for (lane, &x) in chunk.iter().enumerate() {
+                    lanes.add(lane, scale(x), floor, &levels);
+                }
+            }
+            for (lane, &x) in chunks.remainder().iter().enumerate() {
+                lanes.add(lane, scale(x), floor, &levels);
+            }
+            self.total += f64::from(lanes.total.iter().sum::<f32>());
+            for j in 0..LEVELS.len() {
+                self.count[j] += lanes.count[j].iter().sum::<f32>() as usize;
+                self.mass[j] += f64::from(lanes.mass[j].iter().sum::<f32>());
+            }
+        }
+    }
+}
+
+/// One block's f32 lane accumulators for [`LevelStats`] (counts are exact: a block
+/// is far below 2^24 entries).
+#[derive(Default)]
+struct LevelLanes {
+    total: [f32; LANES],
+    count: [[f32; LANES]; LEVELS.len()],
+    mass: [[f32; LANES]; LEVELS.len()],
+}
+
+impl LevelLanes {
+    #[inline(always)]
+    fn add(&mut self, lane: usize, s: f32, floor: f32, levels: &[f32; LEVELS.len()]) {
+        let w = exp(s);
+        self.total[lane] += if s >= floor { w } else { 0.0 };
+        for (j, &level) in levels.iter().enumerate() {
+            let hit = s >= level;
+            self.count[j][lane] += if hit { 1.0 } else { 0.0 };
+            self.mass[j][lane] += if hit { w } else { 0.0 };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_std_within_a_few_ulp() {
+        let mut x = -87.0f32;
+        while x <= 88.0 {
+            let (got, want) = (exp(x), x.exp());
+            assert!(((got - want) / want).abs() < 3e-7, "exp({x}) = {got}, want {want}");
+            x += 0.001_3;
+        }
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(-87.5), 0.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert!(exp(-80.0) > 0.0);
+    }
+
+    #[test]
+    fn max_and_first_invalid_scan_every_position() {
+        for len in [0, 1, 7, 8, 9, 300, 1000] {
+            let values: Vec<f32> = (0..len).map(|i| ((i * 37) % 101) as f32).collect();
+            let want = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max(&values), want);
+            assert_eq!(first_invalid(&values), None);
+            for at in [0, len / 2, len.saturating_sub(1)].into_iter().filter(|&at| at < len) {
+                for bad in [f32::NAN, f32::INFINITY] {
+                    let mut row = values.clone();
+                    row[at] = bad;
+                    assert_eq!(first_invalid(&row), Some(at));
+                }
+            }
+        }
+        assert_eq!(max(&[f32::NEG_INFINITY, f32::NAN, -3.0]), -3.0);
+    }
+
+    #[test]
+    fn sum_is_accurate_over_long_rows() {
+        let values: Vec<f32> = (0..130_001).map(|i| (i % 7) as f32 * 0.1).collect();
+        let want: f64 = values.iter().map(|&x| f64::from(x)).sum();
+        assert!((sum(&values, |x| x) - want).abs() / want < 1e-6);
+        assert_eq!(sum(&[], |x| x), 0.0);
+    }
+
+    #[test]
+    fn level_stats_count_and_weigh_each_level() {
+        // Scaled logits 0, -1, ..., -29: each level holds the tokens at or above it.
+        let values: Vec<f32> = (0..30).map(|i| -(i as f32)).collect();
+        let mut stats = LevelStats::default();
+        stats.add(&values, f32::NEG_INFINITY, |x| x);
+        for (j, &level) in LEVELS.iter().enumerate() {
+            let inside: Vec<f32> = values.iter().copied().filter(|&s| s >= level).collect();
+            assert_eq!(stats.count[j], inside.len());
+            let mass: f64 = inside.iter().map(|&s| f64::from(s).exp()).sum();
+            assert!((stats.mass[j] - mass).abs() < 1e-6);
+        }
+        let total: f64 = values.iter().map(|&s| f64::from(s).exp()).sum();
+        assert!((stats.total - total).abs() < 1e-6);
+
+        // A min-p floor of e^-3 caps every level and the total.
+        let mut floored = LevelStats::default();
+        floored.add(&values, -3.0, |x| x);
+        assert_eq!(floored.count, [3, 4, 4, 4]);
+        let kept: f64 = (0..4).map(|i| (-f64::from(i)).exp()).sum();
+        assert!((floored.total - kept).abs() < 1e-6);
+    }
+}
