@@ -14,14 +14,10 @@ use surge::frontend::chat_template::{
 };
 use surge::frontend::tokenizer::Tokenizer;
 
+mod support;
+
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn model_cache() -> PathBuf {
-    std::env::var_os("SURGE_MODEL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".cache/models"))
 }
 
 fn python() -> PathBuf {
@@ -213,16 +209,6 @@ fn assert_same_renders(
     }
 }
 
-fn smollm2_hf_dir() -> PathBuf {
-    let dir = model_cache().join("smollm2-hf");
-    assert!(
-        dir.join("tokenizer_config.json").is_file(),
-        "{} is missing: run tests/support/fetch-models.sh first (or set SURGE_MODEL_CACHE)",
-        dir.join("tokenizer_config.json").display()
-    );
-    dir
-}
-
 fn llama3_template() -> String {
     let path = repo_root().join("tests/fixtures/templates/llama3.jinja");
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -233,7 +219,9 @@ const LLAMA3_EOS: Option<&str> = Some("<|eot_id|>");
 
 #[test]
 fn smollm2_template_matches_jinja2() {
-    let tokenizer = Tokenizer::from_hf_dir(&smollm2_hf_dir()).unwrap();
+    // Fails with "run tests/support/fetch-models.sh" when the cache is not there.
+    support::fetched("smollm2-hf/tokenizer_config.json");
+    let tokenizer = Tokenizer::from_hf_dir(&support::smollm2_hf()).unwrap();
     let source = tokenizer
         .chat_template()
         .expect("SmolLM2's tokenizer_config.json has a chat_template");

@@ -1,29 +1,14 @@
 //! Checks that the tokenizer built from SmolLM2's GGUF metadata encodes and decodes
 //! exactly like the model's own tokenizer.json.
 
-use std::path::PathBuf;
-
 use candle_core::quantized::gguf_file;
 use surge::frontend::gguf_tokenizer::tokenizer_from_gguf;
 use surge::frontend::tokenizer::Tokenizer;
 
-fn model_cache() -> PathBuf {
-    std::env::var_os("SURGE_MODEL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models"))
-}
-
-fn require(path: PathBuf) -> PathBuf {
-    assert!(
-        path.exists(),
-        "{} is missing: run tests/support/fetch-models.sh first (or set SURGE_MODEL_CACHE)",
-        path.display()
-    );
-    path
-}
+mod support;
 
 fn gguf_tokenizer() -> Tokenizer {
-    let path = require(model_cache().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    let path = support::smollm2_gguf();
     let mut file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let content =
         gguf_file::Content::read(&mut file).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -31,9 +16,8 @@ fn gguf_tokenizer() -> Tokenizer {
 }
 
 fn hf_tokenizer() -> Tokenizer {
-    let dir = model_cache().join("smollm2-hf");
-    require(dir.join("tokenizer.json"));
-    Tokenizer::from_hf_dir(&dir).unwrap()
+    support::fetched("smollm2-hf/tokenizer.json");
+    Tokenizer::from_hf_dir(&support::smollm2_hf()).unwrap()
 }
 
 const TEXTS: &[&str] = &[
@@ -158,7 +142,7 @@ fn llama3_metadata(
 
 #[test]
 fn llama_bpe_pre_tokenizer_matches_llama3_tokenizer_json() {
-    let path = require(model_cache().join("llama3-tokenizer/tokenizer.json"));
+    let path = support::llama3_tokenizer();
     let text = std::fs::read_to_string(&path).unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     let ours = tokenizer_from_gguf(&llama3_metadata(&json)).unwrap();

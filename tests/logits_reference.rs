@@ -21,11 +21,18 @@ struct SurgeRun {
 impl SurgeRun {
     fn new(loaded: &LoadedModel, prompts: &[Vec<u32>], max_len: usize) -> Self {
         let per_seq = max_len.div_ceil(BLOCK_SIZE) as u32;
-        let runner = ModelRunner::new(loaded, per_seq as usize * prompts.len(), BLOCK_SIZE).unwrap();
+        let runner =
+            ModelRunner::new(loaded, per_seq as usize * prompts.len(), BLOCK_SIZE).unwrap();
         let seqs = prompts
             .iter()
             .enumerate()
-            .map(|(i, p)| (p.clone(), 0, (i as u32 * per_seq..(i as u32 + 1) * per_seq).collect()))
+            .map(|(i, p)| {
+                (
+                    p.clone(),
+                    0,
+                    (i as u32 * per_seq..(i as u32 + 1) * per_seq).collect(),
+                )
+            })
             .collect();
         Self { runner, seqs }
     }
@@ -48,13 +55,18 @@ impl SurgeRun {
         for s in &mut self.seqs {
             s.1 = s.0.len();
         }
-        (0..self.seqs.len()).map(|i| logits.i(i).unwrap().to_vec1().unwrap()).collect()
+        (0..self.seqs.len())
+            .map(|i| logits.i(i).unwrap().to_vec1().unwrap())
+            .collect()
     }
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -73,37 +85,71 @@ fn argmax(v: &[f32]) -> u32 {
 /// Alone, surge's matmuls have the reference's shapes; batched, their row counts differ
 /// and the BLAS kernels sum in another order, which on a 30-layer real model moves
 /// logits by ~1e-4 without any difference in the model.
-fn compare_with_reference(dir: &std::path::Path, prompts: Vec<Vec<u32>>, decode_steps: usize, batched: bool) {
+fn compare_with_reference(
+    dir: &std::path::Path,
+    prompts: Vec<Vec<u32>>,
+    decode_steps: usize,
+    batched: bool,
+) {
     if !batched {
         for prompt in prompts {
             compare_with_reference(dir, vec![prompt], decode_steps, true);
         }
         return;
     }
-    let loaded = loader::load(&ModelSource::Local(dir.to_path_buf()), DTypeChoice::F32, &Device::Cpu).unwrap();
+    let loaded = loader::load(
+        &ModelSource::Local(dir.to_path_buf()),
+        DTypeChoice::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     let cfg: reference::LlamaConfig =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let cfg = cfg.into_config(false);
     // SAFETY: test-owned files that nothing modifies while mapped.
     let vb = unsafe {
-        VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &Device::Cpu).unwrap()
+        VarBuilder::from_mmaped_safetensors(
+            &[dir.join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap()
     };
     let model = reference::Llama::load(vb, &cfg).unwrap();
     let max_len = prompts.iter().map(Vec::len).max().unwrap() + decode_steps + 1;
     let mut surge = SurgeRun::new(&loaded, &prompts, max_len);
-    let mut caches: Vec<_> =
-        prompts.iter().map(|_| reference::Cache::new(true, DType::F32, &cfg, &Device::Cpu).unwrap()).collect();
+    let mut caches: Vec<_> = prompts
+        .iter()
+        .map(|_| reference::Cache::new(true, DType::F32, &cfg, &Device::Cpu).unwrap())
+        .collect();
     let mut worst = 0f32;
     for step in 0..=decode_steps {
         let got = surge.step();
         for (i, cache) in caches.iter_mut().enumerate() {
             let tokens = &surge.seqs[i].0;
-            let (start, input) = if step == 0 { (0, tokens.as_slice()) } else { (tokens.len() - 1, &tokens[tokens.len() - 1..]) };
-            let x = Tensor::new(input, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-            let want: Vec<f32> = model.forward(&x, start, cache).unwrap().i(0).unwrap().to_vec1().unwrap();
+            let (start, input) = if step == 0 {
+                (0, tokens.as_slice())
+            } else {
+                (tokens.len() - 1, &tokens[tokens.len() - 1..])
+            };
+            let x = Tensor::new(input, &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let want: Vec<f32> = model
+                .forward(&x, start, cache)
+                .unwrap()
+                .i(0)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let diff = max_diff(&got[i], &want);
             worst = worst.max(diff);
-            assert!(diff <= 1e-4, "prompt {i} (len {}), step {step}: max abs diff {diff}", prompts[i].len());
+            assert!(
+                diff <= 1e-4,
+                "prompt {i} (len {}), step {step}: max abs diff {diff}",
+                prompts[i].len()
+            );
             surge.seqs[i].0.push(argmax(&want));
         }
     }
@@ -124,20 +170,33 @@ fn tiny_llama31_matches_reference_including_long_positions() {
 #[test]
 fn smollm2_hf_matches_reference() {
     let dir = support::smollm2_hf();
-    let loaded = loader::load(&ModelSource::Local(dir.clone()), DTypeChoice::F32, &Device::Cpu).unwrap();
+    let loaded = loader::load(
+        &ModelSource::Local(dir.clone()),
+        DTypeChoice::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     let texts = [
         "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
         "Hello",
         "fn main() {\n    println!(\"{}\", (1..=10).map(|x| x * x).sum::<u32>());\n}\n// The output of this program is",
     ];
-    let prompts = texts.iter().map(|t| loaded.tokenizer.encode(t, false).unwrap()).collect();
+    let prompts = texts
+        .iter()
+        .map(|t| loaded.tokenizer.encode(t, false).unwrap())
+        .collect();
     compare_with_reference(&dir, prompts, 4, false);
 }
 
 #[test]
 fn smollm2_gguf_greedy_matches_quantized_llama() {
     let path = support::smollm2_gguf();
-    let loaded = loader::load(&ModelSource::Gguf(path.clone()), DTypeChoice::Auto, &Device::Cpu).unwrap();
+    let loaded = loader::load(
+        &ModelSource::Gguf(path.clone()),
+        DTypeChoice::Auto,
+        &Device::Cpu,
+    )
+    .unwrap();
     let prompts: Vec<Vec<u32>> = [
         "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
         "The three primary colors are",
@@ -150,11 +209,21 @@ fn smollm2_gguf_greedy_matches_quantized_llama() {
     for prompt in &prompts {
         let mut file = std::fs::File::open(&path).unwrap();
         let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
-        let mut model = quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
+        let mut model =
+            quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
         let (mut want, mut input, mut pos) = (Vec::new(), prompt.clone(), 0);
         for _ in 0..steps {
-            let x = Tensor::new(input.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-            let logits: Vec<f32> = model.forward(&x, pos).unwrap().i(0).unwrap().to_vec1().unwrap();
+            let x = Tensor::new(input.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let logits: Vec<f32> = model
+                .forward(&x, pos)
+                .unwrap()
+                .i(0)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             pos += input.len();
             let t = argmax(&logits);
             want.push(t);

@@ -69,14 +69,22 @@ fn dense(q: &Tensor, k: &Tensor, v: &Tensor, group: usize, context: usize) -> Te
 fn run(c: &Case) -> f32 {
     let mut rng = rand::rngs::StdRng::seed_from_u64(c.seed);
     let heads = c.kv_heads * c.group;
-    let blocks_per_seq: Vec<usize> = c.seqs.iter().map(|(ctx, _)| ctx.div_ceil(c.block_size)).collect();
+    let blocks_per_seq: Vec<usize> = c
+        .seqs
+        .iter()
+        .map(|(ctx, _)| ctx.div_ceil(c.block_size))
+        .collect();
     let num_blocks = blocks_per_seq.iter().sum::<usize>() + 3;
     let mut ids: Vec<u32> = (0..num_blocks as u32).collect();
     ids.shuffle(&mut rng);
     let shape = (num_blocks, c.block_size, c.kv_heads, c.head_dim);
     let k_cache = Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap();
     let v_cache = Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap();
-    let mut meta = AttentionMetadata { block_size: c.block_size, query_start: vec![0], ..Default::default() };
+    let mut meta = AttentionMetadata {
+        block_size: c.block_size,
+        query_start: vec![0],
+        ..Default::default()
+    };
     let (mut qs, mut expected) = (Vec::new(), Vec::new());
     let mut next = 0;
     for (&(context, query_len), &nb) in c.seqs.iter().zip(&blocks_per_seq) {
@@ -91,8 +99,10 @@ fn run(c: &Case) -> f32 {
             .collect();
         reshape_and_cache(&k_cache, &k, &slots).unwrap();
         reshape_and_cache(&v_cache, &v, &slots).unwrap();
-        meta.slot_mapping.extend_from_slice(&slots[context - query_len..]);
-        meta.query_start.push(meta.query_start.last().unwrap() + query_len);
+        meta.slot_mapping
+            .extend_from_slice(&slots[context - query_len..]);
+        meta.query_start
+            .push(meta.query_start.last().unwrap() + query_len);
         meta.context_lens.push(context);
         meta.block_tables.push(table);
         expected.push(dense(&q, &k, &v, c.group, context));
@@ -102,7 +112,16 @@ fn run(c: &Case) -> f32 {
     let scale = 1.0 / (c.head_dim as f32).sqrt();
     let got = paged_attention(&q, &k_cache, &v_cache, &meta, scale).unwrap();
     let want = Tensor::cat(&expected, 0).unwrap();
-    (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    (got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 proptest! {
@@ -123,7 +142,11 @@ fn crosses_block_edges_at_every_block_size() {
                 kv_heads: 2,
                 group,
                 head_dim: 16,
-                seqs: vec![(block_size + 1, 1), (2 * block_size + 3, block_size + 2), (33, 33)],
+                seqs: vec![
+                    (block_size + 1, 1),
+                    (2 * block_size + 3, block_size + 2),
+                    (33, 33),
+                ],
                 seed: 1,
             };
             assert!(run(&c) <= 1e-5, "{c:?}");
@@ -154,6 +177,9 @@ fn rejects_inconsistent_metadata() {
         assert!(e.to_string().contains("paged_attention"), "{e}");
     }
     let new = Tensor::zeros((1, 1, 8), DType::F32, &Device::Cpu).unwrap();
-    assert!(reshape_and_cache(&cache, &new, &[8]).is_err(), "slot past the cache");
+    assert!(
+        reshape_and_cache(&cache, &new, &[8]).is_err(),
+        "slot past the cache"
+    );
     assert!(reshape_and_cache(&cache, &new, &[7]).is_ok());
 }

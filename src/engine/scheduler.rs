@@ -62,7 +62,9 @@ pub enum SchedulerError {
     },
     #[error("sequence {0}: the prompt is empty")]
     EmptyPrompt(SequenceId),
-    #[error("sequence {id}: the prompt has {len} tokens, more than --max-model-len {max_model_len}")]
+    #[error(
+        "sequence {id}: the prompt has {len} tokens, more than --max-model-len {max_model_len}"
+    )]
     PromptTooLong {
         id: SequenceId,
         len: usize,
@@ -378,7 +380,8 @@ impl Scheduler {
             if num_seqs + seq.num_seqs() > self.config.max_num_seqs {
                 break;
             }
-            let Ok(PromptAllocation { num_new, .. }) = seq.allocate_prompt(&mut self.alloc, *budget)
+            let Ok(PromptAllocation { num_new, .. }) =
+                seq.allocate_prompt(&mut self.alloc, *budget)
             else {
                 break;
             };
@@ -534,7 +537,6 @@ fn promote_sibling(record: &mut Sequence) -> bool {
     true
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -594,13 +596,23 @@ mod tests {
         let alloc = || BlockAllocator::new(4, BS, true).unwrap();
         let err = |cfg| Scheduler::new(cfg, alloc()).unwrap_err();
         assert_eq!(err(config(0, 8, 8)), SchedulerError::ZeroMaxNumSeqs);
-        assert_eq!(err(config(1, 0, 8)), SchedulerError::ZeroMaxNumBatchedTokens);
+        assert_eq!(
+            err(config(1, 0, 8)),
+            SchedulerError::ZeroMaxNumBatchedTokens
+        );
         assert_eq!(err(config(1, 8, 0)), SchedulerError::ZeroMaxModelLen);
         let mut wrong_bs = config(1, 8, 8);
         wrong_bs.block_size = 16;
-        assert!(matches!(err(wrong_bs), SchedulerError::BlockSizeMismatch { .. }));
+        assert!(matches!(
+            err(wrong_bs),
+            SchedulerError::BlockSizeMismatch { .. }
+        ));
         let e = err(config(1, 8, 4 * BS + 1));
-        assert!(e.to_string().contains("--max-model-len 17 needs 5 KV blocks"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("--max-model-len 17 needs 5 KV blocks"),
+            "{e}"
+        );
         assert!(Scheduler::new(config(1, 8, 4 * BS), alloc()).is_ok());
         assert_eq!(SchedulerConfig::default().max_num_seqs, 256);
     }
@@ -609,15 +621,30 @@ mod tests {
     fn add_rejects_bad_sequences() {
         let mut s = sched(8, config(2, 8, 10));
         let e = |s: &mut Scheduler, q| s.add(q).unwrap_err();
-        assert_eq!(e(&mut s, seq(1, 0, 1)), SchedulerError::EmptyPrompt(SequenceId(1)));
-        assert!(matches!(e(&mut s, seq(1, 11, 1)), SchedulerError::PromptTooLong { .. }));
-        assert_eq!(e(&mut s, seq(1, 3, 0)), SchedulerError::ZeroMaxTokens(SequenceId(1)));
+        assert_eq!(
+            e(&mut s, seq(1, 0, 1)),
+            SchedulerError::EmptyPrompt(SequenceId(1))
+        );
+        assert!(matches!(
+            e(&mut s, seq(1, 11, 1)),
+            SchedulerError::PromptTooLong { .. }
+        ));
+        assert_eq!(
+            e(&mut s, seq(1, 3, 0)),
+            SchedulerError::ZeroMaxTokens(SequenceId(1))
+        );
         let group = seq(1, 3, 1).with_siblings(vec![SequenceId(2), SequenceId(3)]);
-        assert!(matches!(e(&mut s, group), SchedulerError::TooManySequences { .. }));
+        assert!(matches!(
+            e(&mut s, group),
+            SchedulerError::TooManySequences { .. }
+        ));
         let twice = seq(1, 3, 1).with_siblings(vec![SequenceId(1)]);
         assert_eq!(e(&mut s, twice), SchedulerError::DuplicateId(SequenceId(1)));
         s.add(seq(1, 10, 1)).unwrap();
-        assert_eq!(e(&mut s, seq(1, 3, 1)), SchedulerError::DuplicateId(SequenceId(1)));
+        assert_eq!(
+            e(&mut s, seq(1, 3, 1)),
+            SchedulerError::DuplicateId(SequenceId(1))
+        );
         let clash = seq(2, 3, 1).with_siblings(vec![SequenceId(1)]);
         assert_eq!(e(&mut s, clash), SchedulerError::DuplicateId(SequenceId(1)));
         assert!(!s.abort(SequenceId(9)));
@@ -661,17 +688,16 @@ mod tests {
         assert_eq!(chunks[0], [(1, 3, 1, true), (2, 0, 7, false)]);
         assert_eq!(chunks[1], [(1, 4, 1, true), (2, 7, 7, false)]);
         assert_eq!(chunks[2], [(1, 5, 1, true), (2, 14, 6, true)]);
-        let seq2 = s.sequence(SequenceId(1)).unwrap();
-        assert_eq!(seq2.output_token_ids(), &[7, 7, 7, 7]);
+        let decoding = s.sequence(SequenceId(1)).unwrap();
+        assert_eq!(decoding.output_token_ids(), &[7, 7, 7, 7]);
     }
 
     #[test]
-    fn running_decodes_go_before_an_older_prefill() {
+    fn waiting_prompts_get_the_budget_left_after_decodes() {
         let mut s = sched(32, config(8, 4, 64));
         s.add(seq(1, 12, 1)).unwrap();
         s.add(seq(2, 2, 5)).unwrap();
-        // Step 1: 1 takes the whole budget; 2 waits. Preempting nothing, 1 then stays
-        // mid-prefill while 2, admitted later, decodes first each step.
+        // 1's chunks take the whole budget, so 2 waits (FCFS) until 1's prompt is done.
         assert_eq!(work(&step(&mut s).0), [(1, 0, 4, false)]);
         assert_eq!(work(&step(&mut s).0), [(1, 4, 4, false)]);
         assert_eq!(work(&step(&mut s).0), [(1, 8, 4, true)]);
@@ -681,15 +707,41 @@ mod tests {
     }
 
     #[test]
+    fn a_group_whose_prompt_is_cached_forks_on_admission() {
+        let mut s = sched(16, config(8, 64, 64));
+        let prompt: Vec<u32> = (0..2 * BS as u32 + 1).collect();
+        s.add(Sequence::new(SequenceId(1), prompt.clone(), 1))
+            .unwrap();
+        step(&mut s);
+        let members = vec![SequenceId(3), SequenceId(4)];
+        s.add(Sequence::new(SequenceId(2), prompt, 2).with_siblings(members))
+            .unwrap();
+        let (out, _) = step(&mut s);
+        assert!(out.is_empty(), "nothing left to compute before the fork");
+        assert_eq!(s.stats().num_running, 3);
+        let (out, _) = step(&mut s);
+        // Each member computes the last prompt token for its own logits row.
+        let expected: Vec<_> = (2..=4).map(|id| (id, 2 * BS, 1, true)).collect();
+        assert_eq!(work(&out), expected);
+        assert!(out.blocks_to_copy.is_empty(), "block-aligned: fresh blocks");
+        while s.has_unfinished() {
+            step(&mut s);
+        }
+        assert_all_free(&s);
+    }
+
+    #[test]
     fn max_num_seqs_caps_running() {
         let mut s = sched(16, config(2, 64, 16));
         for id in 1..=3 {
             s.add(seq(id, 2, 3)).unwrap();
         }
-        let (out, _) = step(&mut s);
-        assert_eq!(out.scheduled.len(), 2);
-        assert_eq!((s.stats().num_running, s.stats().num_waiting), (2, 1));
-        step(&mut s);
+        for _ in 0..3 {
+            let (out, _) = step(&mut s);
+            assert_eq!(out.scheduled.len(), 2);
+            assert!(out.scheduled.iter().all(|w| w.id != SequenceId(3)));
+            assert_eq!(s.stats().num_waiting, 1);
+        }
         let (out, _) = step(&mut s);
         assert_eq!(work(&out), [(3, 0, 2, true)], "admitted once two finished");
     }
@@ -724,8 +776,9 @@ mod tests {
                 recompute.get_or_insert(*w);
             }
         }
+        // 1's third block evicted 2's cached tail block; its head block is a hit.
         let w = recompute.unwrap();
-        assert_eq!((w.num_computed, w.num_new, w.samples), (8, 1, true), "prefix hit");
+        assert_eq!((w.num_computed, w.num_new, w.samples), (BS, 5, true));
         assert_all_free(&s);
     }
 
@@ -782,7 +835,8 @@ mod tests {
     fn shared_prefix_is_computed_once() {
         let mut s = sched(16, config(8, 64, 64));
         let prompt: Vec<u32> = (0..4 * BS as u32 + 2).collect();
-        s.add(Sequence::new(SequenceId(1), prompt.clone(), 1)).unwrap();
+        s.add(Sequence::new(SequenceId(1), prompt.clone(), 1))
+            .unwrap();
         step(&mut s);
         let mut other = prompt[..4 * BS].to_vec();
         other.extend([90, 91, 92]);
@@ -801,18 +855,30 @@ mod tests {
         s.add(group).unwrap();
         assert_eq!(s.stats().num_waiting, 3);
         let (out, _) = step(&mut s);
-        assert_eq!(work(&out), [(1, 0, 5, false)], "all but the last prompt token");
+        assert_eq!(
+            work(&out),
+            [(1, 0, 5, false)],
+            "all but the last prompt token"
+        );
         assert_eq!(s.stats().num_running, 3);
         let shared = s.sequence(SequenceId(1)).unwrap().block_table().block_ids()[1];
         assert_eq!(s.allocator().ref_count(BlockId(shared)), 3);
         let (out, _) = step(&mut s);
-        assert_eq!(work(&out), [(1, 5, 1, true), (2, 5, 1, true), (3, 5, 1, true)]);
+        assert_eq!(
+            work(&out),
+            [(1, 5, 1, true), (2, 5, 1, true), (3, 5, 1, true)]
+        );
         // Two members copy the shared partial block; the last writes it in place.
         let copies = &out.blocks_to_copy;
         assert_eq!(copies.len(), 2);
         assert!(copies.iter().all(|c| c.src == BlockId(shared)));
         let tables: Vec<_> = (1..=3)
-            .map(|id| s.sequence(SequenceId(id)).unwrap().block_table().block_ids())
+            .map(|id| {
+                s.sequence(SequenceId(id))
+                    .unwrap()
+                    .block_table()
+                    .block_ids()
+            })
             .collect();
         assert_eq!(tables[0][0], tables[2][0], "full block still shared");
         let lasts: HashSet<_> = tables.iter().map(|t| t[1]).collect();
@@ -847,7 +913,10 @@ mod tests {
         let out = s.schedule();
         let chunks = s.chunks(&out).unwrap();
         assert_eq!(chunks.len(), 1);
-        assert_eq!(chunks[0].tokens, s.sequence(SequenceId(1)).unwrap().token_ids());
+        assert_eq!(
+            chunks[0].tokens,
+            s.sequence(SequenceId(1)).unwrap().token_ids()
+        );
         assert_eq!((chunks[0].num_new, chunks[0].wants_logits), (5, true));
         assert_eq!(chunks[0].block_table.len(), 2);
         // No token for a sampling chunk: nothing advances; it is scheduled again.
@@ -858,9 +927,16 @@ mod tests {
         s.update(&again, &[(SequenceId(1), 3)]);
         s.update(&again, &[(SequenceId(1), 3)]);
         let seq1 = s.sequence(SequenceId(1)).unwrap();
-        assert_eq!(seq1.output_token_ids(), &[3], "a replayed update is ignored");
+        assert_eq!(
+            seq1.output_token_ids(),
+            &[3],
+            "a replayed update is ignored"
+        );
         s.abort(SequenceId(1));
-        assert_eq!(s.chunks(&again).unwrap_err(), SchedulerError::NotRunning(SequenceId(1)));
+        assert_eq!(
+            s.chunks(&again).unwrap_err(),
+            SchedulerError::NotRunning(SequenceId(1))
+        );
         assert!(s.update(&again, &[(SequenceId(1), 3)]).is_empty());
         assert_all_free(&s);
     }
@@ -881,17 +957,19 @@ mod tests {
     }
 
     fn op() -> impl Strategy<Value = Op> {
-        let add = (0..3usize, 0..20usize, prop::collection::vec(0..3u32, 0..8))
-            .prop_flat_map(|(base, shared, suffix)| {
-                (1..8usize, prop_oneof![4 => Just(1usize), 1 => 2..4usize])
-                    .prop_map(move |(max_tokens, n)| Op::Add {
+        let add = (0..3usize, 0..20usize, prop::collection::vec(0..3u32, 0..8)).prop_flat_map(
+            |(base, shared, suffix)| {
+                (1..8usize, prop_oneof![4 => Just(1usize), 1 => 2..4usize]).prop_map(
+                    move |(max_tokens, n)| Op::Add {
                         base,
                         shared,
                         suffix: suffix.clone(),
                         max_tokens,
                         n,
-                    })
-            });
+                    },
+                )
+            },
+        );
         prop_oneof![
             3 => add,
             1 => any::<usize>().prop_map(Op::Abort),
@@ -956,7 +1034,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(192))]
+        #![proptest_config(ProptestConfig::with_cases(512))]
 
         #[test]
         fn no_leak(
@@ -967,7 +1045,7 @@ mod tests {
             budget in 1..=16usize,
             prefix_caching in any::<bool>(),
             seed in any::<u64>(),
-            ops in prop::collection::vec(op(), 1..60),
+            ops in prop::collection::vec(op(), 1..80),
         ) {
             let num_blocks = max_model_len.div_ceil(bs) + spare_blocks;
             let cfg = SchedulerConfig {
@@ -990,7 +1068,7 @@ mod tests {
             let mut next_id = 0u64;
             let mut live: Vec<SequenceId> = Vec::new();
             let mut ended: HashMap<SequenceId, usize> = HashMap::new();
-            let mut end = |ended: &mut HashMap<SequenceId, usize>, live: &mut Vec<SequenceId>, id| {
+            let end = |ended: &mut HashMap<SequenceId, usize>, live: &mut Vec<SequenceId>, id| {
                 *ended.entry(id).or_default() += 1;
                 live.retain(|&l| l != id);
             };

@@ -49,7 +49,7 @@ pub enum SequenceStatus {
 /// Before its prompt is computed, a record may stand for a whole n > 1 group
 /// ([`Sequence::with_siblings`]): the prompt is computed once, then the record forks
 /// into one sequence per member sharing its KV blocks.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Sequence {
     id: SequenceId,
     /// Prompt then output tokens.
@@ -212,7 +212,10 @@ impl Sequence {
     /// Marks `num_new` more tokens computed and offers the blocks they fill to the
     /// prefix cache.
     pub(crate) fn commit_computed(&mut self, alloc: &mut BlockAllocator, num_new: usize) {
-        self.num_computed_tokens = (self.num_computed_tokens + num_new).min(self.tokens.len());
+        self.num_computed_tokens = self
+            .num_computed_tokens
+            .saturating_add(num_new)
+            .min(self.tokens.len());
         self.block_table
             .register_computed(alloc, &self.tokens, self.num_computed_tokens);
     }
@@ -255,7 +258,10 @@ mod tests {
     #[test]
     fn counts_are_derived_from_tokens() {
         let mut s = Sequence::new(SequenceId(1), vec![1, 2, 3, 4, 5], 3);
-        assert_eq!((s.len(), s.num_prompt_tokens(), s.num_output_tokens()), (5, 5, 0));
+        assert_eq!(
+            (s.len(), s.num_prompt_tokens(), s.num_output_tokens()),
+            (5, 5, 0)
+        );
         assert_eq!(s.num_uncomputed_tokens(), 5);
         assert!(s.is_prefilling());
         assert_eq!(s.num_blocks_needed(BlockSize::new(4).unwrap()), 2);

@@ -98,7 +98,7 @@ struct BlockState {
 }
 
 /// The pool of KV blocks of one cache.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct BlockAllocator {
     block_size: BlockSize,
     enable_prefix_caching: bool,
@@ -241,7 +241,7 @@ impl BlockAllocator {
         if state.ref_count > 0 {
             return;
         }
-        self.num_used -= 1;
+        self.num_used = self.num_used.saturating_sub(1);
         if state.cached.is_some() {
             let tick = self.next_tick;
             self.next_tick += 1;
@@ -272,7 +272,15 @@ impl BlockAllocator {
             .get(&hash)?
             .iter()
             .find(|e| e.parent == parent && *e.tokens == *tokens)
-            .map(|e| (e.block, CacheKey { hash, entry: e.entry }))
+            .map(|e| {
+                (
+                    e.block,
+                    CacheKey {
+                        hash,
+                        entry: e.entry,
+                    },
+                )
+            })
     }
 
     /// Registers the computed full `block` holding `tokens` after `parent`. Returns the
@@ -335,42 +343,58 @@ impl BlockAllocator {
     /// Checks that every block is in exactly one state and the cache agrees with the
     /// blocks; the first inconsistency found, for tests.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let mut seen = vec![0u8; self.blocks.len()];
-        for &b in self.free.iter().chain(self.evictable.values()) {
-            let Some(count) = seen.get_mut(b.index()) else {
+        const FREE: u8 = 1;
+        const EVICTABLE: u8 = 16;
+        let mut listed = vec![0u8; self.blocks.len()];
+        let free = self.free.iter().map(|&b| (b, FREE));
+        let evictable = self.evictable.values().map(|&b| (b, EVICTABLE));
+        for (b, list) in free.chain(evictable) {
+            let Some(mark) = listed.get_mut(b.index()) else {
                 return Err(format!("block {} out of range", b.0));
             };
-            *count += 1;
+            *mark = mark.saturating_add(list);
         }
         let mut used = 0;
-        for (i, state) in self.blocks.iter().enumerate() {
-            let in_free = self.free.contains(&BlockId(i as u32));
-            match (state.ref_count, seen[i]) {
-                (0, 1) if in_free && state.cached.is_some() => {
-                    return Err(format!("free block {i} still cached"))
+        for (i, (state, &mark)) in self.blocks.iter().zip(&listed).enumerate() {
+            let ok = match (state.ref_count, mark) {
+                (0, FREE) => state.cached.is_none() && state.lru_tick.is_none(),
+                (0, EVICTABLE) => {
+                    state.cached.is_some()
+                        && state.lru_tick.and_then(|t| self.evictable.get(&t))
+                            == Some(&BlockId(i as u32))
                 }
-                (0, 1) if !in_free && state.lru_tick.is_none() => {
-                    return Err(format!("evictable block {i} has no LRU tick"))
+                (r, 0) if r > 0 => {
+                    used += 1;
+                    state.lru_tick.is_none()
                 }
-                (0, 1) => {}
-                (0, n) => return Err(format!("ref-0 block {i} listed {n} times")),
-                (_, 0) => used += 1,
-                (r, _) => return Err(format!("block {i} with {r} refs is listed free")),
+                _ => false,
+            };
+            if !ok {
+                return Err(format!("block {i} inconsistent: {state:?}, listed {mark}"));
+            }
+            if let Some(key) = state.cached {
+                let owned = self.cache.get(&key.hash).is_some_and(|bucket| {
+                    bucket
+                        .iter()
+                        .any(|e| e.entry == key.entry && e.block.index() == i)
+                });
+                if !owned {
+                    return Err(format!("block {i} cached without a cache entry"));
+                }
             }
         }
         if used != self.num_used {
-            return Err(format!("{used} blocks used, counter says {}", self.num_used));
+            return Err(format!(
+                "{used} blocks used, counter says {}",
+                self.num_used
+            ));
         }
-        for (hash, bucket) in &self.cache {
-            for e in bucket {
-                let key = CacheKey {
-                    hash: *hash,
-                    entry: e.entry,
-                };
-                if self.cached_key(e.block) != Some(key) {
-                    return Err(format!("cache entry {} disowned by block {}", e.entry, e.block.0));
-                }
-            }
+        let entries: usize = self.cache.values().map(Vec::len).sum();
+        let cached = self.blocks.iter().filter(|b| b.cached.is_some()).count();
+        if entries != cached {
+            return Err(format!(
+                "{entries} cache entries for {cached} cached blocks"
+            ));
         }
         Ok(())
     }
@@ -495,7 +519,11 @@ mod tests {
         assert_eq!(a.register(y, None, h, &t), Some(kx));
         assert!(!a.is_cached(y));
         a.release(y);
-        assert_eq!(a.num_evictable_blocks(), 0, "uncached block goes to the free list");
+        assert_eq!(
+            a.num_evictable_blocks(),
+            0,
+            "uncached block goes to the free list"
+        );
         a.check_invariants().unwrap();
     }
 

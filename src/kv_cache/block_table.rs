@@ -77,7 +77,8 @@ pub struct PromptAllocation {
 }
 
 /// The physical blocks of one sequence, logical block `i` at index `i`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Not `Clone`: a copy would hold blocks without references ([`Self::fork`] takes them).
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct BlockTable {
     /// Raw ids, so the runner can borrow them as `&[u32]`.
     blocks: Vec<u32>,
@@ -120,7 +121,9 @@ impl BlockTable {
 
     /// Blocks to add so that the table holds `num_tokens` tokens.
     pub fn num_new_blocks_needed(&self, block_size: BlockSize, num_tokens: usize) -> usize {
-        block_size.blocks_for(num_tokens).saturating_sub(self.blocks.len())
+        block_size
+            .blocks_for(num_tokens)
+            .saturating_sub(self.blocks.len())
     }
 
     /// Allocates an empty table's first blocks: reuses the longest cached prefix of
@@ -143,7 +146,10 @@ impl BlockTable {
         let num_computed = hits.len() * bs.get();
         let num_new = (prefill_end - num_computed).min(max_new_tokens);
         let num_fresh = bs.blocks_for(num_computed + num_new) - hits.len();
-        let revived = hits.iter().filter(|(b, _)| alloc.ref_count(*b) == 0).count();
+        let revived = hits
+            .iter()
+            .filter(|(b, _)| alloc.ref_count(*b) == 0)
+            .count();
         let free = alloc.num_free_blocks();
         if num_fresh + revived > free {
             return Err(BlockError::OutOfBlocks {
@@ -254,7 +260,12 @@ impl BlockTable {
         for block in self.blocks() {
             alloc.retain(block);
         }
-        self.clone()
+        BlockTable {
+            blocks: self.blocks.clone(),
+            num_cached: self.num_cached,
+            last_key: self.last_key,
+            hashes: self.hashes.clone(),
+        }
     }
 
     /// Registers in the prefix cache every block that the first `num_computed` tokens
@@ -330,7 +341,9 @@ mod tests {
     /// Allocates and "computes" a whole prompt, as a finished prefill would.
     fn prefill(a: &mut BlockAllocator, tokens: &[u32]) -> (BlockTable, PromptAllocation) {
         let mut t = BlockTable::new();
-        let got = t.allocate_prompt(a, tokens, tokens.len(), usize::MAX).unwrap();
+        let got = t
+            .allocate_prompt(a, tokens, tokens.len(), usize::MAX)
+            .unwrap();
         t.register_computed(a, tokens, got.num_computed + got.num_new);
         (t, got)
     }
@@ -397,15 +410,29 @@ mod tests {
         // Same prompt again: 3 full blocks hit, the 2 trailing tokens computed.
         let mut t = BlockTable::new();
         let got = t.allocate_prompt(&mut a, &p, p.len(), usize::MAX).unwrap();
-        assert_eq!(got, PromptAllocation { num_computed: 3 * BS, num_new: 2 });
+        assert_eq!(
+            got,
+            PromptAllocation {
+                num_computed: 3 * BS,
+                num_new: 2
+            }
+        );
         assert_eq!(&t.block_ids()[..3], &first.block_ids()[..3]);
         assert_ne!(t.block_ids()[3], first.block_ids()[3]);
         assert_eq!(a.ref_count(BlockId(first.block_ids()[0])), 2);
         // A block-aligned prompt recomputes its whole last block.
         let aligned = &p[..2 * BS];
         let mut u = BlockTable::new();
-        let got = u.allocate_prompt(&mut a, aligned, aligned.len(), 100).unwrap();
-        assert_eq!(got, PromptAllocation { num_computed: BS, num_new: BS });
+        let got = u
+            .allocate_prompt(&mut a, aligned, aligned.len(), 100)
+            .unwrap();
+        assert_eq!(
+            got,
+            PromptAllocation {
+                num_computed: BS,
+                num_new: BS
+            }
+        );
         // A diverging second block stops the hit after the first.
         let mut q = p.clone();
         q[BS] += 1;
@@ -413,7 +440,10 @@ mod tests {
         let got = v.allocate_prompt(&mut a, &q, q.len(), usize::MAX).unwrap();
         assert_eq!(got.num_computed, BS);
         let stats = a.prefix_cache_stats();
-        assert_eq!(stats.queries, (2 * p.len() + aligned.len() + q.len()) as u64);
+        assert_eq!(
+            stats.queries,
+            (2 * p.len() + aligned.len() + q.len()) as u64
+        );
         assert_eq!(stats.hits, (3 * BS + BS + BS) as u64);
         a.check_invariants().unwrap();
     }
@@ -454,7 +484,13 @@ mod tests {
         let p = prompt(3 * BS, 0);
         let mut t = BlockTable::new();
         let got = t.allocate_prompt(&mut a, &p, p.len(), BS + 1).unwrap();
-        assert_eq!(got, PromptAllocation { num_computed: 0, num_new: BS + 1 });
+        assert_eq!(
+            got,
+            PromptAllocation {
+                num_computed: 0,
+                num_new: BS + 1
+            }
+        );
         assert_eq!(t.len(), 2);
         let mut u = BlockTable::new();
         let got = u.allocate_prompt(&mut a, &p, 2, usize::MAX).unwrap();
@@ -478,10 +514,17 @@ mod tests {
         assert_eq!(copies.len(), 1);
         assert_eq!(copies[0].src, shared_partial);
         assert_eq!(child.block_ids()[1], copies[0].dst.0);
-        assert_eq!(child.block_ids()[0], parent.block_ids()[0], "full block shared");
+        assert_eq!(
+            child.block_ids()[0],
+            parent.block_ids()[0],
+            "full block shared"
+        );
         assert_eq!(a.ref_count(shared_partial), 1);
         // The parent now owns its partial block alone: no copy.
-        assert_eq!(parent.append_slots(&mut a, p.len(), p.len() + 1), Ok(vec![]));
+        assert_eq!(
+            parent.append_slots(&mut a, p.len(), p.len() + 1),
+            Ok(vec![])
+        );
         parent.free(&mut a);
         child.free(&mut a);
         assert_eq!(a.num_free_blocks(), 8);

@@ -53,6 +53,18 @@ impl KvCache {
         self.shape
     }
 
+    /// Copies blocks `(src, dst)` in every layer's K and V (copy-on-write).
+    pub fn copy_blocks(&self, pairs: &[(usize, usize)]) -> Result<()> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        for (k, v) in &self.layers {
+            crate::ops::copy_blocks(k, pairs)?;
+            crate::ops::copy_blocks(v, pairs)?;
+        }
+        Ok(())
+    }
+
     /// (K, V) of `layer`.
     pub fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
         let (k, v) = &self.layers[layer];

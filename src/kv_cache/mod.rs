@@ -3,5 +3,6 @@
 pub mod block_allocator;
 pub mod block_table;
 pub mod cache;
+pub mod capacity;
 
 pub use cache::{KvCache, KvCacheShape};

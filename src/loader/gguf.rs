@@ -11,7 +11,11 @@ use super::{DTypeChoice, LlamaConfig, LoadError, Weights};
 use crate::frontend::gguf_tokenizer::tokenizer_from_gguf;
 use crate::frontend::tokenizer::Tokenizer;
 
-pub fn load(path: &Path, dtype: DTypeChoice, device: &Device) -> Result<(LlamaConfig, Weights, Tokenizer), LoadError> {
+pub fn load(
+    path: &Path,
+    dtype: DTypeChoice,
+    device: &Device,
+) -> Result<(LlamaConfig, Weights, Tokenizer), LoadError> {
     if !matches!(dtype, DTypeChoice::Auto | DTypeChoice::F32) {
         return Err(LoadError::field(
             path,

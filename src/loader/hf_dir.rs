@@ -8,7 +8,11 @@ use candle_core::Device;
 use super::{DTypeChoice, LlamaConfig, LoadError, Weights};
 use crate::frontend::tokenizer::Tokenizer;
 
-pub fn load(dir: &Path, dtype: DTypeChoice, device: &Device) -> Result<(LlamaConfig, Weights, Tokenizer), LoadError> {
+pub fn load(
+    dir: &Path,
+    dtype: DTypeChoice,
+    device: &Device,
+) -> Result<(LlamaConfig, Weights, Tokenizer), LoadError> {
     let config = LlamaConfig::from_file(&dir.join("config.json"))?;
     let files = safetensors_files(dir)?;
     let weights = Weights::from_safetensors(&files, dtype.resolve(device), device)?;

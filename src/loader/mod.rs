@@ -60,11 +60,21 @@ pub struct LoadedModel {
 
 /// Loads a model onto `device`: config, tokenizer, and every weight (so that any
 /// problem with the files surfaces here, not at the first request).
-pub fn load(source: &ModelSource, dtype: DTypeChoice, device: &Device) -> Result<LoadedModel, LoadError> {
+pub fn load(
+    source: &ModelSource,
+    dtype: DTypeChoice,
+    device: &Device,
+) -> Result<LoadedModel, LoadError> {
     let (config, weights, tokenizer) = match source {
         ModelSource::Local(dir) => hf_dir::load(dir, dtype, device)?,
         ModelSource::Gguf(file) => gguf::load(file, dtype, device)?,
     };
     let model = Llama::load(&config, &weights)?;
-    Ok(LoadedModel { config, model: Arc::new(model), tokenizer, dtype: weights.dtype(), device: device.clone() })
+    Ok(LoadedModel {
+        config,
+        model: Arc::new(model),
+        tokenizer,
+        dtype: weights.dtype(),
+        device: device.clone(),
+    })
 }

@@ -130,6 +130,37 @@ impl candle_core::InplaceOp2 for ReshapeAndCache<'_> {
     }
 }
 
+/// In-place block copies; see [`super::copy_blocks`].
+pub(crate) struct CopyBlocks<'a> {
+    pub pairs: &'a [(usize, usize)],
+}
+
+impl candle_core::InplaceOp1 for CopyBlocks<'_> {
+    fn name(&self) -> &'static str {
+        "copy_blocks"
+    }
+
+    fn cpu_fwd(&self, cache: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        fn copy<T: Copy>(cache: &mut [T], layout: &Layout, pairs: &[(usize, usize)]) -> Result<()> {
+            let Some((start, end)) = layout.contiguous_offsets() else {
+                bail!("copy_blocks: cache must be contiguous")
+            };
+            let cache = &mut cache[start..end];
+            let block = cache.len() / layout.shape().dims()[0].max(1);
+            for &(src, dst) in pairs {
+                cache.copy_within(src * block..(src + 1) * block, dst * block);
+            }
+            Ok(())
+        }
+        match cache {
+            CpuStorage::F32(c) => copy(c, layout, self.pairs),
+            CpuStorage::BF16(c) => copy(c, layout, self.pairs),
+            CpuStorage::F16(c) => copy(c, layout, self.pairs),
+            _ => bail!("copy_blocks: unsupported dtype"),
+        }
+    }
+}
+
 /// Validates the batch layout against the tensors, so attention cannot read out of bounds.
 pub(crate) fn check_attention(
     q: &Tensor,

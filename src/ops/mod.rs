@@ -41,6 +41,20 @@ pub fn reshape_and_cache(cache: &Tensor, new: &Tensor, slot_mapping: &[usize]) -
     cache.inplace_op2(new, &cpu::ReshapeAndCache { slot_mapping })
 }
 
+/// Copies whole blocks inside a cache (copy-on-write of a shared partial block), in place.
+///
+/// `cache`: `[num_blocks, block_size, num_kv_heads, head_dim]`; `pairs`: (src, dst) blocks.
+pub fn copy_blocks(cache: &Tensor, pairs: &[(usize, usize)]) -> Result<()> {
+    let num_blocks = cache.dim(0)?;
+    if let Some(bad) = pairs
+        .iter()
+        .find(|(s, d)| *s >= num_blocks || *d >= num_blocks || s == d)
+    {
+        candle_core::bail!("copy_blocks: bad pair {bad:?} for {num_blocks} blocks")
+    }
+    cache.inplace_op1(&cpu::CopyBlocks { pairs })
+}
+
 /// Causal attention of new queries over everything each sequence has in the cache.
 ///
 /// `q`: `[num_tokens, num_heads, head_dim]`; caches as in [`reshape_and_cache`];

@@ -30,12 +30,20 @@ impl ModelRunner {
             head_dim: c.head_dim,
         };
         let cache = KvCache::new(shape, loaded.dtype, &loaded.device)?;
-        Ok(Self { model: loaded.model.clone(), cache })
+        Ok(Self {
+            model: loaded.model.clone(),
+            cache,
+        })
     }
 
     /// f32 logits `[batch.logits_indices.len(), vocab_size]`.
     pub fn execute(&self, batch: &BatchInputs) -> Result<Tensor> {
         self.model.forward(batch, &self.cache)
+    }
+
+    /// Copy-on-write block copies the scheduler asked for, before the next forward.
+    pub fn copy_blocks(&self, pairs: &[(usize, usize)]) -> Result<()> {
+        self.cache.copy_blocks(pairs)
     }
 
     pub fn cache_shape(&self) -> KvCacheShape {

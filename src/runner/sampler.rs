@@ -5,18 +5,17 @@
 //! row (vLLM's default `raw_logprobs`), before any of that processing.
 //!
 //! Each sequence owns a [`SequenceSampler`] and with it its RNG, so a seeded request
-//! gets the same tokens whatever else shares its batch. The row is never copied: the
-//! few penalised tokens are kept as sorted overrides ([`Row`]) and the passes over the
-//! rest run vectorised kernels. Top-k / top-p first measure how many tokens lie above
-//! a few probability levels, then collect only those above the tightest level that
-//! provably holds the answer, so a peaked distribution sorts a handful of tokens.
+//! gets the same tokens whatever else shares its batch. Passes over the row run
+//! vectorised kernels; the row is copied only when a penalty rewrites it. Top-k /
+//! top-p first measure how many tokens lie above a few probability levels, then collect
+//! only those above the tightest level that provably holds the answer, so a peaked
+//! distribution sorts a handful of tokens rather than the vocabulary.
 
 mod kernels;
 #[cfg(test)]
 mod tests;
 
 use std::cmp::Ordering;
-use std::ops::Range;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -60,13 +59,13 @@ pub enum SamplerError {
     InvalidParams(#[from] SamplingParamsError),
 }
 
-/// Scratch buffers reused across calls. Small for peaked distributions; up to 8 bytes
-/// per vocabulary entry when top-k / top-p meet a flat one. A runner can keep one and
-/// lend it to every sequence through [`SequenceSampler::sample_with`].
+/// Scratch buffers reused across calls: up to 4 bytes per vocabulary entry when a
+/// penalty applies and 8 more when top-k / top-p meet a flat distribution. A runner can
+/// keep one and lend it to every sequence through [`SequenceSampler::sample_with`].
 #[derive(Debug, Default)]
 pub struct SamplerWorkspace {
-    /// (token, penalised logit) for each penalised token, sorted by token.
-    overrides: Vec<(u32, f32)>,
+    /// The row with penalties applied (unused when none apply).
+    penalised: Vec<f32>,
     /// The output ids, sorted, to count occurrences.
     sorted_output: Vec<u32>,
     /// (scaled logit, token) for top-k / top-p; scaled = (logit − max) / temperature.
@@ -156,16 +155,29 @@ impl SequenceSampler {
         } else {
             &[]
         };
-        build_overrides(workspace, logits, params, prompt_set, output_ids)?;
-        let row = Row {
+        let SamplerWorkspace {
+            penalised,
+            sorted_output,
+            candidates,
+            block_sums,
+        } = workspace;
+        let row = apply_penalties(
             logits,
-            overrides: &workspace.overrides,
-        };
-        let max = row.max();
+            params,
+            prompt_set,
+            output_ids,
+            sorted_output,
+            penalised,
+        )?;
+        let max = kernels::max(row);
         let token = if params.is_greedy() {
-            row.first_index_of(max)
+            kernels::first_at_least(row, max)
         } else {
-            draw(&mut self.rng, workspace, logits, max, params)
+            let scratch = DrawScratch {
+                candidates,
+                block_sums,
+            };
+            draw(&mut self.rng, scratch, row, max, params)
         }
         .ok_or(SamplerError::AllMasked)?;
 
@@ -214,32 +226,38 @@ fn fingerprint(ids: &[u32]) -> u64 {
     })
 }
 
-/// Fills `workspace.overrides` with the penalised logit of every token that a penalty
-/// touches: repetition (HF-style) on prompt ∪ output, then frequency and presence
-/// (OpenAI-style) on output, in vLLM's order.
-fn build_overrides(
-    workspace: &mut SamplerWorkspace,
-    logits: &[f32],
+/// The row after penalties: `logits` itself when none apply, else a copy in `buffer`
+/// with every touched token rewritten — repetition (HF-style) on prompt ∪ output, then
+/// frequency and presence (OpenAI-style) on output, in vLLM's order.
+fn apply_penalties<'a>(
+    logits: &'a [f32],
     params: &SamplingParams,
     prompt_set: &[u32],
     output_ids: &[u32],
-) -> Result<(), SamplerError> {
-    workspace.overrides.clear();
+    sorted_output: &mut Vec<u32>,
+    buffer: &'a mut Vec<f32>,
+) -> Result<&'a [f32], SamplerError> {
     let repetition = params.repetition_penalty;
     let output_penalised = params.presence_penalty != 0.0 || params.frequency_penalty != 0.0;
-    if repetition == 1.0 && !output_penalised {
-        return Ok(());
+    if (repetition == 1.0 || (prompt_set.is_empty() && output_ids.is_empty()))
+        && (!output_penalised || output_ids.is_empty())
+    {
+        return Ok(logits);
     }
-    let sorted_output = &mut workspace.sorted_output;
     sorted_output.clear();
     sorted_output.extend_from_slice(output_ids);
     sorted_output.sort_unstable();
     let vocab_size = logits.len();
-    for &token in [prompt_set.last(), sorted_output.last()].into_iter().flatten() {
+    for &token in [prompt_set.last(), sorted_output.last()]
+        .into_iter()
+        .flatten()
+    {
         if token as usize >= vocab_size {
             return Err(SamplerError::TokenOutOfRange { token, vocab_size });
         }
     }
+    buffer.clear();
+    buffer.extend_from_slice(logits);
 
     let (mut p, mut o) = (0, 0);
     loop {
@@ -257,7 +275,10 @@ fn build_overrides(
             o += 1;
         }
         let count = o - run_start;
-        let raw = logits[token as usize];
+        let Some(entry) = buffer.get_mut(token as usize) else {
+            continue;
+        };
+        let raw = *entry;
         let mut value = raw;
         if repetition != 1.0 {
             value = if value > 0.0 {
@@ -275,107 +296,9 @@ fn build_overrides(
             // softmax and -inf would mask a token the model allowed.
             value = value.clamp(-f32::MAX, f32::MAX);
         }
-        workspace.overrides.push((token, value));
+        *entry = value;
     }
-    Ok(())
-}
-
-/// The penalised row without copying it: raw logits, with the entries named in
-/// `overrides` (sorted, unique, in range) replaced.
-#[derive(Clone, Copy)]
-struct Row<'a> {
-    logits: &'a [f32],
-    overrides: &'a [(u32, f32)],
-}
-
-/// A stretch of the row: raw logits from `start`, or one overridden entry.
-enum Piece<'a> {
-    Raw { start: usize, values: &'a [f32] },
-    One { index: usize, value: f32 },
-}
-
-impl<'a> Row<'a> {
-    fn len(&self) -> usize {
-        self.logits.len()
-    }
-
-    /// Visits `range` in index order as raw runs and overridden entries.
-    fn visit(&self, range: Range<usize>, mut f: impl FnMut(Piece<'a>)) {
-        let first = self
-            .overrides
-            .partition_point(|&(token, _)| (token as usize) < range.start);
-        let mut start = range.start;
-        for &(token, value) in &self.overrides[first..] {
-            let index = token as usize;
-            if index >= range.end {
-                break;
-            }
-            let values = self.logits.get(start..index).unwrap_or_default();
-            f(Piece::Raw { start, values });
-            f(Piece::One { index, value });
-            start = index + 1;
-        }
-        let values = self.logits.get(start..range.end).unwrap_or_default();
-        f(Piece::Raw { start, values });
-    }
-
-    fn max(&self) -> f32 {
-        let mut max = f32::NEG_INFINITY;
-        self.visit(0..self.len(), |piece| {
-            let value = match piece {
-                Piece::Raw { values, .. } => kernels::max(values),
-                Piece::One { value, .. } => value,
-            };
-            if value > max {
-                max = value;
-            }
-        });
-        max
-    }
-
-    /// The lowest index holding `target`, unless it is -inf.
-    fn first_index_of(&self, target: f32) -> Option<usize> {
-        if target == f32::NEG_INFINITY {
-            return None;
-        }
-        let mut found = None;
-        self.visit(0..self.len(), |piece| {
-            if found.is_some() {
-                return;
-            }
-            found = match piece {
-                Piece::Raw { start, values } => {
-                    values.iter().position(|&x| x == target).map(|i| start + i)
-                }
-                Piece::One { index, value } => (value == target).then_some(index),
-            };
-        });
-        found
-    }
-
-    /// Σ weight(x) over `range`.
-    fn sum(&self, range: Range<usize>, weight: impl Fn(f32) -> f32 + Copy) -> f64 {
-        let mut total = 0.0;
-        self.visit(range, |piece| {
-            total += match piece {
-                Piece::Raw { values, .. } => kernels::sum(values, weight),
-                Piece::One { value, .. } => f64::from(weight(value)),
-            };
-        });
-        total
-    }
-
-    /// Calls `f(index, value)` for every entry of `range`, in order.
-    fn for_each(&self, range: Range<usize>, mut f: impl FnMut(usize, f32)) {
-        self.visit(range, |piece| match piece {
-            Piece::Raw { start, values } => {
-                for (offset, &value) in values.iter().enumerate() {
-                    f(start + offset, value);
-                }
-            }
-            Piece::One { index, value } => f(index, value),
-        });
-    }
+    Ok(buffer)
 }
 
 /// Descending by value, then ascending by token: a total order, so partial sorts are
@@ -384,19 +307,21 @@ fn by_value_desc(a: &(f32, u32), b: &(f32, u32)) -> Ordering {
     b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
 }
 
-/// Random sampling after temperature, min-p, top-k and top-p; `max` is the largest
-/// penalised logit.
+/// The workspace buffers a random draw needs.
+struct DrawScratch<'a> {
+    candidates: &'a mut Vec<(f32, u32)>,
+    block_sums: &'a mut Vec<f64>,
+}
+
+/// Random sampling after temperature, min-p, top-k and top-p; `max` is the row's
+/// largest entry.
 fn draw(
     rng: &mut StdRng,
-    workspace: &mut SamplerWorkspace,
-    logits: &[f32],
+    scratch: DrawScratch<'_>,
+    row: &[f32],
     max: f32,
     params: &SamplingParams,
 ) -> Option<usize> {
-    let row = Row {
-        logits,
-        overrides: &workspace.overrides,
-    };
     let temperature = params.temperature;
     // Subtracting the max before dividing keeps a small temperature from overflowing:
     // every scaled logit is ≤ 0 and its exp is the probability relative to the top
@@ -404,10 +329,13 @@ fn draw(
     let scale = move |value: f32| (value - max) / temperature + 0.0;
     // min-p keeps p ≥ min_p · p_max, that is scaled ≥ ln(min_p).
     let floor = params.min_p.ln();
+    // exp first, then select: a conditional exp would compile to a branch and stop
+    // the row kernels from vectorising.
     let weight = move |value: f32| {
         let s = scale(value);
+        let w = kernels::exp(s);
         if s >= floor {
-            kernels::exp(s)
+            w
         } else {
             0.0
         }
@@ -415,14 +343,11 @@ fn draw(
 
     let top_k = params.top_k.filter(|&k| k < row.len());
     if top_k.is_none() && params.top_p >= 1.0 {
-        return draw_from_row(rng, &mut workspace.block_sums, row, weight);
+        return draw_from_row(rng, scratch.block_sums, row, weight);
     }
 
     let mut stats = LevelStats::default();
-    row.visit(0..row.len(), |piece| match piece {
-        Piece::Raw { values, .. } => stats.add(values, floor, scale),
-        Piece::One { value, .. } => stats.add(&[value], floor, scale),
-    });
+    stats.add(row, floor, scale);
     // The tightest level that holds every token top-k / top-p could keep: k of them,
     // or (top-p alone) enough mass to reach the nucleus.
     let needed_mass = f64::from(params.top_p) * stats.total * (1.0 + LEVEL_MASS_SLACK);
@@ -432,29 +357,40 @@ fn draw(
     });
     let threshold = level.map_or(floor, |j| LEVELS[j].max(floor));
 
-    let candidates = &mut workspace.candidates;
+    // Only entries near or above the threshold are scaled and tested exactly; the
+    // margin covers the rounding between the two forms of the same comparison.
+    let raw_threshold = max + threshold * temperature;
+    let raw_threshold = raw_threshold - (raw_threshold.abs() + max.abs()) * 1e-4 - 1e-6;
+    let candidates = scratch.candidates;
     candidates.clear();
-    row.for_each(0..row.len(), |index, value| {
+    kernels::for_each_at_least(row, raw_threshold, |index, value| {
         let s = scale(value);
         if s >= threshold && s > f32::NEG_INFINITY {
             candidates.push((s, index as u32));
         }
     });
-    let nucleus_total = match top_k {
-        Some(k) => {
-            keep_top_k(candidates, k);
-            candidates.iter().map(|&(s, _)| f64::from(kernels::exp(s))).sum()
-        }
-        None => stats.total,
+    let mass = |candidates: &[(f32, u32)]| -> f64 {
+        candidates
+            .iter()
+            .map(|&(s, _)| f64::from(kernels::exp(s)))
+            .sum()
     };
-    if params.top_p < 1.0 {
-        keep_nucleus(candidates, f64::from(params.top_p) * nucleus_total);
+    if let Some(k) = top_k {
+        keep_top_k(candidates, k);
     }
-    let total: f64 = candidates.iter().map(|&(s, _)| f64::from(kernels::exp(s))).sum();
-    let target = rng.random::<f64>() * total;
+    if params.top_p < 1.0 {
+        // Top-p cuts the distribution left by min-p and top-k: with top-k that is
+        // the candidates, without it every token min-p kept.
+        let total = if top_k.is_some() {
+            mass(candidates)
+        } else {
+            mass(candidates)
+        };
+        keep_nucleus(candidates, f64::from(params.top_p) * total);
+    }
+    let target = rng.random::<f64>() * mass(candidates);
     pick(
         target,
-        0.0,
         candidates
             .iter()
             .map(|&(s, token)| (token as usize, kernels::exp(s))),
@@ -466,54 +402,40 @@ fn draw(
 fn draw_from_row(
     rng: &mut StdRng,
     block_sums: &mut Vec<f64>,
-    row: Row<'_>,
+    row: &[f32],
     weight: impl Fn(f32) -> f32 + Copy,
 ) -> Option<usize> {
     block_sums.clear();
-    let blocks = (0..row.len()).step_by(BLOCK).map(|start| start..(start + BLOCK).min(row.len()));
-    block_sums.extend(blocks.clone().map(|block| row.sum(block, weight)));
+    block_sums.extend(row.chunks(BLOCK).map(|block| kernels::sum(block, weight)));
     let total: f64 = block_sums.iter().sum();
     let target = rng.random::<f64>() * total;
     // The block where the running sum passes the target; rounding past the end lands
     // in the last block with any weight.
     let mut before = 0.0;
     let mut chosen = None;
-    for (block, &sum) in blocks.zip(block_sums.iter()) {
+    for (index, &sum) in block_sums.iter().enumerate() {
         if sum <= 0.0 {
             continue;
         }
-        chosen = Some((block, before));
+        chosen = Some((index, before));
         if target < before + sum {
             break;
         }
         before += sum;
     }
     let (block, before) = chosen?;
-    let mut weights = Vec::new();
-    weights.reserve_exact(0);
-    let mut found = None;
-    let mut cumulative = before;
-    let mut last = None;
-    row.for_each(block, |index, value| {
-        if found.is_some() {
-            return;
-        }
-        let w = weight(value);
-        if w > 0.0 {
-            cumulative += f64::from(w);
-            last = Some(index);
-            if target < cumulative {
-                found = Some(index);
-            }
-        }
-    });
-    found.or(last)
+    let start = block * BLOCK;
+    let values = row.get(start..).unwrap_or_default().iter().take(BLOCK);
+    let weights = values
+        .enumerate()
+        .map(|(offset, &value)| (start + offset, weight(value)));
+    pick(target - before, weights)
 }
 
-/// Inverse-CDF draw over `(token, weight)`, the running sum starting at `before`.
-/// Zero weights are never chosen; a target past the end picks the last weighted token.
-fn pick(target: f64, before: f64, weights: impl Iterator<Item = (usize, f32)>) -> Option<usize> {
-    let mut cumulative = before;
+/// Inverse-CDF draw over `(token, weight)`. Zero weights are never chosen; a target
+/// that rounding left past the end picks the last weighted token.
+fn pick(target: f64, weights: impl Iterator<Item = (usize, f32)>) -> Option<usize> {
+    let mut cumulative = 0.0;
     let mut last = None;
     for (token, weight) in weights {
         if weight <= 0.0 {

@@ -106,24 +106,40 @@ pub fn write_tiny_llama(dir: &Path, c: TinyConfig) {
         "eos_token": "<|eot_id|>",
         "chat_template": template,
     });
-    std::fs::write(dir.join("tokenizer_config.json"), tokenizer_config.to_string()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        tokenizer_config.to_string(),
+    )
+    .unwrap();
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(c.seed);
     let mut tensors = HashMap::new();
     let mut add = |name: String, shape: &[usize], center: f32, spread: f32| {
         let n: usize = shape.iter().product();
-        let data: Vec<f32> = (0..n).map(|_| center + rng.random_range(-spread..spread)).collect();
+        let data: Vec<f32> = (0..n)
+            .map(|_| center + rng.random_range(-spread..spread))
+            .collect();
         tensors.insert(name, Tensor::from_vec(data, shape, &Device::Cpu).unwrap());
     };
     let (h, i) = (c.hidden_size, c.intermediate_size);
     let kv = c.num_kv_heads * head_dim;
-    add("model.embed_tokens.weight".into(), &[LLAMA3_VOCAB, h], 0.0, 1.0);
+    add(
+        "model.embed_tokens.weight".into(),
+        &[LLAMA3_VOCAB, h],
+        0.0,
+        1.0,
+    );
     add("lm_head.weight".into(), &[LLAMA3_VOCAB, h], 0.0, 0.2);
     add("model.norm.weight".into(), &[h], 1.0, 0.1);
     for l in 0..c.num_layers {
         let p = format!("model.layers.{l}");
         add(format!("{p}.input_layernorm.weight"), &[h], 1.0, 0.1);
-        add(format!("{p}.post_attention_layernorm.weight"), &[h], 1.0, 0.1);
+        add(
+            format!("{p}.post_attention_layernorm.weight"),
+            &[h],
+            1.0,
+            0.1,
+        );
         add(format!("{p}.self_attn.q_proj.weight"), &[h, h], 0.0, 0.3);
         add(format!("{p}.self_attn.k_proj.weight"), &[kv, h], 0.0, 0.3);
         add(format!("{p}.self_attn.v_proj.weight"), &[kv, h], 0.0, 0.3);

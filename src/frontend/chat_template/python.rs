@@ -9,6 +9,7 @@ use minijinja::{Error, ErrorKind, Value};
 /// Deeper values than this are taken to be cycles.
 const MAX_JSON_DEPTH: usize = 128;
 
+/// Python's `str(value)`: strings as they are, undefined as nothing, the rest as `repr`.
 pub(super) fn py_str(value: &Value) -> String {
     let mut out = String::new();
     match value.kind() {
@@ -19,6 +20,7 @@ pub(super) fn py_str(value: &Value) -> String {
     out
 }
 
+/// Python's `repr(value)`; tuples keep their parentheses.
 fn py_repr(value: &Value, out: &mut String, depth: usize) {
     if depth > MAX_JSON_DEPTH {
         out.push_str("...");

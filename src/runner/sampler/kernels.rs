@@ -28,14 +28,16 @@ pub(super) fn exp(x: f32) -> f32 {
     let shifted = clamped * std::f32::consts::LOG2_E + ROUNDER;
     let n = shifted - ROUNDER;
     let r = clamped - n * LN2_HI - n * LN2_LO;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-        * r
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let mantissa = p * r * r + r + 1.0;
-    // n ∈ [-126, 127], so n + 127 is a normal exponent.
-    let exponent = (shifted.to_bits().wrapping_sub(ROUNDER.to_bits()) as i32 + 127) as u32;
+    // n ∈ [-126, 127], so n + 127 is a normal exponent (u32 arithmetic wraps back).
+    let exponent = shifted
+        .to_bits()
+        .wrapping_sub(ROUNDER.to_bits())
+        .wrapping_add(127);
     let value = mantissa * f32::from_bits(exponent << 23);
     if x < EXP_MIN_INPUT {
         0.0
@@ -62,7 +64,7 @@ pub(super) fn max(values: &[f32]) -> f32 {
 
 /// Index of the first NaN or +inf, if any.
 pub(super) fn first_invalid(values: &[f32]) -> Option<usize> {
-    let invalid = |x: f32| !(x < f32::INFINITY);
+    let invalid = |x: f32| x.is_nan() | (x == f32::INFINITY);
     for (block_index, block) in values.chunks(BLOCK).enumerate() {
         if block.iter().fold(false, |any, &x| any | invalid(x)) {
             let offset = block.iter().position(|&x| invalid(x)).unwrap_or(0);
@@ -72,22 +74,74 @@ pub(super) fn first_invalid(values: &[f32]) -> Option<usize> {
     None
 }
 
+/// Index of the first entry ≥ `target`, if any (with `target` the max: the argmax,
+/// lowest index first).
+pub(super) fn first_at_least(values: &[f32], target: f32) -> Option<usize> {
+    let mut found = None;
+    for_each_at_least_until(values, target, |index, _| {
+        found = Some(index);
+        true
+    });
+    found
+}
+
+/// Calls `f(index, x)` for every x ≥ `threshold`, in order. Whole lane groups below
+/// it are skipped with one vector compare, so a high threshold costs one fast pass.
+#[inline(always)]
+pub(super) fn for_each_at_least(values: &[f32], threshold: f32, mut f: impl FnMut(usize, f32)) {
+    for_each_at_least_until(values, threshold, |index, x| {
+        f(index, x);
+        false
+    });
+}
+
+/// As [`for_each_at_least`], stopping once `f` returns true.
+#[inline(always)]
+fn for_each_at_least_until(values: &[f32], threshold: f32, mut f: impl FnMut(usize, f32) -> bool) {
+    let (chunks, rest) = as_lanes(values);
+    let tail_start = values.len() - rest.len();
+    for (group, chunk) in chunks.enumerate() {
+        if !chunk.iter().fold(false, |any, &x| any | (x >= threshold)) {
+            continue;
+        }
+        for (lane, &x) in chunk.iter().enumerate() {
+            if x >= threshold && f(group * LANES + lane, x) {
+                return;
+            }
+        }
+    }
+    for (offset, &x) in rest.iter().enumerate() {
+        if x >= threshold && f(tail_start + offset, x) {
+            return;
+        }
+    }
+}
+
 /// Σ f(x) over `values`.
 #[inline(always)]
 pub(super) fn sum(values: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     let mut total = 0.0f64;
     for block in values.chunks(BLOCK) {
         let mut lanes = [0.0f32; LANES];
-        let mut chunks = block.chunks_exact(LANES);
-        for chunk in &mut chunks {
+        let (chunks, rest) = as_lanes(block);
+        for chunk in chunks {
             for (lane, &x) in lanes.iter_mut().zip(chunk) {
                 *lane += f(x);
             }
         }
-        let rest: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+        let rest: f32 = rest.iter().map(|&x| f(x)).sum();
         total += f64::from(lanes.iter().sum::<f32>() + rest);
     }
     total
+}
+
+/// `values` as whole lane arrays plus the leftover tail. Fixed-size arrays, rather
+/// than slices, are what lets LLVM turn the per-lane loops into vector code.
+#[inline(always)]
+fn as_lanes(values: &[f32]) -> (impl Iterator<Item = &[f32; LANES]>, &[f32]) {
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    (chunks.filter_map(|chunk| chunk.try_into().ok()), rest)
 }
 
 /// Thresholds (on scaled logits, i.e. log of the probability relative to the top
@@ -113,15 +167,20 @@ impl LevelStats {
         let levels = LEVELS.map(|level| level.max(floor));
         for block in values.chunks(BLOCK) {
             let mut lanes = LevelLanes::default();
-            let mut chunks = block.chunks_exact(LANES);
-            for chunk in &mut chunks {
-                for (lane, &x) in chunk.iter().enumerate() {
-                    lanes.add(lane, scale(x), floor, &levels);
+            let (chunks, rest) = as_lanes(block);
+            for chunk in chunks {
+                let mut scaled = [0.0f32; LANES];
+                for (slot, &x) in scaled.iter_mut().zip(chunk) {
+                    *slot = scale(x);
                 }
+                lanes.add(&scaled, floor, &levels);
             }
-            for (lane, &x) in chunks.remainder().iter().enumerate() {
-                lanes.add(lane, scale(x), floor, &levels);
+            // The tail, padded with -inf: it clears every threshold and weighs 0.
+            let mut tail = [f32::NEG_INFINITY; LANES];
+            for (slot, &x) in tail.iter_mut().zip(rest) {
+                *slot = scale(x);
             }
+            lanes.add(&tail, floor, &levels);
             self.total += f64::from(lanes.total.iter().sum::<f32>());
             for j in 0..LEVELS.len() {
                 self.count[j] += lanes.count[j].iter().sum::<f32>() as usize;
@@ -141,14 +200,22 @@ struct LevelLanes {
 }
 
 impl LevelLanes {
+    /// Adds one lane-width of scaled logits.
     #[inline(always)]
-    fn add(&mut self, lane: usize, s: f32, floor: f32, levels: &[f32; LEVELS.len()]) {
-        let w = exp(s);
-        self.total[lane] += if s >= floor { w } else { 0.0 };
-        for (j, &level) in levels.iter().enumerate() {
-            let hit = s >= level;
-            self.count[j][lane] += if hit { 1.0 } else { 0.0 };
-            self.mass[j][lane] += if hit { w } else { 0.0 };
+    fn add(&mut self, scaled: &[f32; LANES], floor: f32, levels: &[f32; LEVELS.len()]) {
+        let mut weights = [0.0f32; LANES];
+        for (w, &s) in weights.iter_mut().zip(scaled) {
+            *w = exp(s);
+        }
+        for ((total, &s), &w) in self.total.iter_mut().zip(scaled).zip(&weights) {
+            *total += if s >= floor { w } else { 0.0 };
+        }
+        for ((count, mass), &level) in self.count.iter_mut().zip(&mut self.mass).zip(levels) {
+            for (((count, mass), &s), &w) in count.iter_mut().zip(mass).zip(scaled).zip(&weights) {
+                let hit = s >= level;
+                *count += if hit { 1.0 } else { 0.0 };
+                *mass += if hit { w } else { 0.0 };
+            }
         }
     }
 }
@@ -162,7 +229,10 @@ mod tests {
         let mut x = -87.0f32;
         while x <= 88.0 {
             let (got, want) = (exp(x), x.exp());
-            assert!(((got - want) / want).abs() < 3e-7, "exp({x}) = {got}, want {want}");
+            assert!(
+                ((got - want) / want).abs() < 3e-7,
+                "exp({x}) = {got}, want {want}"
+            );
             x += 0.001_3;
         }
         assert_eq!(exp(0.0), 1.0);
@@ -173,12 +243,15 @@ mod tests {
 
     #[test]
     fn max_and_first_invalid_scan_every_position() {
-        for len in [0, 1, 7, 8, 9, 300, 1000] {
+        for len in [0usize, 1, 7, 8, 9, 300, 1000] {
             let values: Vec<f32> = (0..len).map(|i| ((i * 37) % 101) as f32).collect();
             let want = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             assert_eq!(max(&values), want);
             assert_eq!(first_invalid(&values), None);
-            for at in [0, len / 2, len.saturating_sub(1)].into_iter().filter(|&at| at < len) {
+            for at in [0, len / 2, len.saturating_sub(1)]
+                .into_iter()
+                .filter(|&at| at < len)
+            {
                 for bad in [f32::NAN, f32::INFINITY] {
                     let mut row = values.clone();
                     row[at] = bad;
@@ -187,6 +260,26 @@ mod tests {
             }
         }
         assert_eq!(max(&[f32::NEG_INFINITY, f32::NAN, -3.0]), -3.0);
+    }
+
+    #[test]
+    fn threshold_scans_visit_exactly_the_entries_above() {
+        let values: Vec<f32> = (0..1003).map(|i| ((i * 7919) % 1000) as f32).collect();
+        for threshold in [f32::NEG_INFINITY, 0.0, 500.0, 990.0, 999.0, 1000.0] {
+            let mut seen = Vec::new();
+            for_each_at_least(&values, threshold, |i, x| seen.push((i, x)));
+            let want: Vec<(usize, f32)> = values
+                .iter()
+                .copied()
+                .enumerate()
+                .filter(|&(_, x)| x >= threshold)
+                .collect();
+            assert_eq!(seen, want);
+            assert_eq!(
+                first_at_least(&values, threshold),
+                want.first().map(|&(i, _)| i)
+            );
+        }
     }
 
     #[test]
