@@ -18,8 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Offline generation from a prompt or a JSONL file of prompts.
-    // Generate(cli::generate::GenerateArgs),
-    Version,
+    Generate(cli::generate::GenerateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -28,10 +27,10 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match Cli::parse().command {
-        // Command::Generate(args) => cli::generate::run(args),
-        Command::Version => anyhow::Ok(()),
+        Command::Generate(args) => cli::generate::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -117,7 +117,10 @@ impl LlamaConfig {
                 return Err(LoadError::field(path, name, "a positive integer", "0"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(LoadError::field(
                 path,
                 "num_key_value_heads",
@@ -128,7 +131,7 @@ impl LlamaConfig {
                 self.num_key_value_heads.to_string(),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(LoadError::field(
                 path,
                 "head_dim",

@@ -353,7 +353,12 @@ mod tests {
         let t = Tensor::from_vec(permuted, (heads * head_dim, cols), &Device::Cpu)?;
         let q = QTensor::quantize(&t, candle_core::quantized::GgmlDType::Q8_0)?;
         let back = unpermute_rows(q, heads)?.dequantize(&Device::Cpu)?;
-        let rows: Vec<f32> = back.get_on_dim(1, 0)?.to_vec1()?;
+        let rows: Vec<f32> = back
+            .get_on_dim(1, 0)?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|v| v.round())
+            .collect();
         assert_eq!(rows, (0..8).map(|r| r as f32).collect::<Vec<_>>());
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! The model runner: one model and its paged KV cache on one device.
 
-// pub mod offline;
+pub mod offline;
 pub mod sampler;
 
 use std::sync::Arc;

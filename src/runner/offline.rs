@@ -98,6 +98,9 @@ pub fn generate(
     }
     let runner = ModelRunner::new(loaded, next_block as usize, BLOCK_SIZE)?;
     let eos = &tokenizer.eos_token_ids;
+    let started = std::time::Instant::now();
+    let mut first_step: Option<std::time::Duration> = None;
+    let mut num_decode_tokens = 0usize;
     loop {
         let active: Vec<usize> = (0..seqs.len())
             .filter(|&i| seqs[i].finish.is_none())
@@ -120,6 +123,11 @@ pub fn generate(
             .collect();
         let batch = BatchInputs::prepare(&chunks, BLOCK_SIZE);
         let logits = runner.execute(&batch)?;
+        if first_step.is_none() {
+            first_step = Some(started.elapsed());
+        } else {
+            num_decode_tokens += active.len();
+        }
         for (row, &i) in active.iter().enumerate() {
             let row_logits: Vec<f32> = logits.i(row)?.to_vec1()?;
             let s = &mut seqs[i];
@@ -133,6 +141,17 @@ pub fn generate(
             s.accept(sampled, eos, max_len)?;
         }
     }
+    let prefill = first_step.unwrap_or_default();
+    let decode = started.elapsed().saturating_sub(prefill).as_secs_f64();
+    let num_prompt_tokens: usize = seqs.iter().map(|s| s.prompt_len).sum();
+    tracing::info!(
+        num_prompt_tokens,
+        prefill_s = prefill.as_secs_f64(),
+        num_decode_tokens,
+        decode_s = decode,
+        decode_tok_per_s = num_decode_tokens as f64 / decode.max(1e-9),
+        "offline generation done"
+    );
     Ok(seqs.into_iter().map(Running::into_output).collect())
 }
 

@@ -22,7 +22,7 @@ use rand::{Rng, SeedableRng};
 use thiserror::Error;
 
 use crate::engine::sampling_params::{SamplingParams, SamplingParamsError};
-use kernels::{LevelStats, BLOCK, LEVELS};
+use kernels::{LevelStats, BLOCK, COUNT_LEVELS, MASS_LEVELS};
 
 /// First chunk of the partial sort that walks the top-p nucleus; it grows 4× a round.
 const NUCLEUS_FIRST_CHUNK: usize = 64;
@@ -329,16 +329,11 @@ fn draw(
     let scale = move |value: f32| (value - max) / temperature + 0.0;
     // min-p keeps p ≥ min_p · p_max, that is scaled ≥ ln(min_p).
     let floor = params.min_p.ln();
-    // exp first, then select: a conditional exp would compile to a branch and stop
-    // the row kernels from vectorising.
+    // Below the floor the input becomes -inf, whose exp is 0: a select rather than a
+    // branch around exp, which would stop the row kernels from vectorising.
     let weight = move |value: f32| {
         let s = scale(value);
-        let w = kernels::exp(s);
-        if s >= floor {
-            w
-        } else {
-            0.0
-        }
+        kernels::exp(if s >= floor { s } else { f32::NEG_INFINITY })
     };
 
     let top_k = params.top_k.filter(|&k| k < row.len());
@@ -346,16 +341,22 @@ fn draw(
         return draw_from_row(rng, scratch.block_sums, row, weight);
     }
 
-    let mut stats = LevelStats::default();
-    stats.add(row, floor, scale);
     // The tightest level that holds every token top-k / top-p could keep: k of them,
-    // or (top-p alone) enough mass to reach the nucleus.
-    let needed_mass = f64::from(params.top_p) * stats.total * (1.0 + LEVEL_MASS_SLACK);
-    let level = (0..LEVELS.len()).find(|&j| match top_k {
-        Some(k) => stats.count[j] >= k,
-        None => stats.mass[j] >= needed_mass,
-    });
-    let threshold = level.map_or(floor, |j| LEVELS[j].max(floor));
+    // or (top-p alone) enough mass to reach the nucleus. Top-k needs only counts;
+    // top-p alone needs masses, and the total, which costs an exp pass.
+    let (threshold, total) = match top_k {
+        Some(k) => {
+            let stats = LevelStats::counts(row, COUNT_LEVELS, floor, scale);
+            let level = (0..COUNT_LEVELS.len()).find(|&j| stats.count[j] >= k);
+            (level.map_or(floor, |j| stats.levels[j]), None)
+        }
+        None => {
+            let stats = LevelStats::with_mass(row, MASS_LEVELS, floor, scale);
+            let needed = f64::from(params.top_p) * stats.total * (1.0 + LEVEL_MASS_SLACK);
+            let level = (0..MASS_LEVELS.len()).find(|&j| stats.mass[j] >= needed);
+            (level.map_or(floor, |j| stats.levels[j]), Some(stats.total))
+        }
+    };
 
     // Only entries near or above the threshold are scaled and tested exactly; the
     // margin covers the rounding between the two forms of the same comparison.
@@ -381,11 +382,7 @@ fn draw(
     if params.top_p < 1.0 {
         // Top-p cuts the distribution left by min-p and top-k: with top-k that is
         // the candidates, without it every token min-p kept.
-        let total = if top_k.is_some() {
-            mass(candidates)
-        } else {
-            mass(candidates)
-        };
+        let total = total.unwrap_or_else(|| mass(candidates));
         keep_nucleus(candidates, f64::from(params.top_p) * total);
     }
     let target = rng.random::<f64>() * mass(candidates);
@@ -405,8 +402,7 @@ fn draw_from_row(
     row: &[f32],
     weight: impl Fn(f32) -> f32 + Copy,
 ) -> Option<usize> {
-    block_sums.clear();
-    block_sums.extend(row.chunks(BLOCK).map(|block| kernels::sum(block, weight)));
+    kernels::block_sums(row, weight, block_sums);
     let total: f64 = block_sums.iter().sum();
     let target = rng.random::<f64>() * total;
     // The block where the running sum passes the target; rounding past the end lands

@@ -122,17 +122,36 @@ fn for_each_at_least_until(values: &[f32], threshold: f32, mut f: impl FnMut(usi
 pub(super) fn sum(values: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     let mut total = 0.0f64;
     for block in values.chunks(BLOCK) {
-        let mut lanes = [0.0f32; LANES];
-        let (chunks, rest) = as_lanes(block);
-        for chunk in chunks {
-            for (lane, &x) in lanes.iter_mut().zip(chunk) {
-                *lane += f(x);
-            }
-        }
-        let rest: f32 = rest.iter().map(|&x| f(x)).sum();
-        total += f64::from(lanes.iter().sum::<f32>() + rest);
+        total += f64::from(block_sum(block, &f));
     }
     total
+}
+
+/// Σ f(x) over each `BLOCK` of `values`, into `sums` (cleared first).
+#[inline(always)]
+pub(super) fn block_sums(values: &[f32], f: impl Fn(f32) -> f32, sums: &mut Vec<f64>) {
+    sums.clear();
+    for block in values.chunks(BLOCK) {
+        sums.push(f64::from(block_sum(block, &f)));
+    }
+}
+
+/// Σ f(x) over at most a block, in f32 lanes.
+#[inline(always)]
+fn block_sum(block: &[f32], f: &impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let (chunks, rest) = as_lanes(block);
+    for chunk in chunks {
+        let mut mapped = [0.0f32; LANES];
+        for (slot, &x) in mapped.iter_mut().zip(chunk) {
+            *slot = f(x);
+        }
+        for (lane, x) in lanes.iter_mut().zip(mapped) {
+            *lane += x;
+        }
+    }
+    let rest: f32 = rest.iter().map(|&x| f(x)).sum();
+    lanes.iter().sum::<f32>() + rest
 }
 
 /// `values` as whole lane arrays plus the leftover tail. Fixed-size arrays, rather
@@ -145,76 +164,136 @@ fn as_lanes(values: &[f32]) -> (impl Iterator<Item = &[f32; LANES]>, &[f32]) {
 }
 
 /// Thresholds (on scaled logits, i.e. log of the probability relative to the top
-/// token) at which [`LevelStats`] counts tokens and their mass: e^-2.3 ≈ 0.1 down to
-/// e^-18.4 ≈ 1e-8.
-pub(super) const LEVELS: [f32; 4] = [-2.3, -4.6, -9.2, -18.4];
+/// token) at which [`LevelStats::counts`] counts tokens, for top-k. Counting is cheap
+/// (no exp), so the levels are fine: the chosen one holds few more tokens than k.
+pub(super) const COUNT_LEVELS: [f32; 8] = [-1.0, -2.3, -4.6, -6.9, -9.2, -11.5, -13.8, -18.4];
+
+/// Thresholds at which [`LevelStats::with_mass`] weighs tokens, for top-p: e^-2.3 ≈
+/// 0.1, e^-6.9 ≈ 1e-3, e^-18.4 ≈ 1e-8. Few, as each adds work to an exp pass.
+pub(super) const MASS_LEVELS: [f32; 3] = [-2.3, -6.9, -18.4];
+
+/// Lanes of the level accumulators: one SSE register each, so that all of them stay
+/// in registers.
+const LEVEL_LANES: usize = 4;
 
 /// How many tokens, and how much unnormalised probability, lie at or above each of
-/// [`LEVELS`]; lets top-k / top-p collect only the tokens that can matter.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub(super) struct LevelStats {
-    /// Σ exp(s) over every token kept by min-p.
+/// `N` levels; lets top-k / top-p collect only the tokens that can matter.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct LevelStats<const N: usize> {
+    /// The thresholds, each raised to the min-p floor.
+    pub levels: [f32; N],
+    /// Σ exp(s) over every token kept by min-p (0 from [`LevelStats::counts`]).
     pub total: f64,
-    pub count: [usize; LEVELS.len()],
-    pub mass: [f64; LEVELS.len()],
+    pub count: [usize; N],
+    /// Σ exp(s) at or above each level (0 from [`LevelStats::counts`]).
+    pub mass: [f64; N],
 }
 
-impl LevelStats {
-    /// Adds the tokens whose scaled logits are `scale(x)` for x in `values`; a token
-    /// counts only when its scaled logit is at least `floor` as well (min-p).
+impl<const N: usize> LevelStats<N> {
+    /// Counts per level of the scaled logits `scale(x)`, x in `values`; a token counts
+    /// only when it is at least `floor` as well (min-p). No exp: a cheap pass.
+    pub fn counts(
+        values: &[f32],
+        levels: [f32; N],
+        floor: f32,
+        scale: impl Fn(f32) -> f32,
+    ) -> Self {
+        Self::measure::<false>(values, levels, floor, scale)
+    }
+
+    /// As [`Self::counts`], with the masses and the total.
+    pub fn with_mass(
+        values: &[f32],
+        levels: [f32; N],
+        floor: f32,
+        scale: impl Fn(f32) -> f32,
+    ) -> Self {
+        Self::measure::<true>(values, levels, floor, scale)
+    }
+
     #[inline(always)]
-    pub fn add(&mut self, values: &[f32], floor: f32, scale: impl Fn(f32) -> f32) {
-        let levels = LEVELS.map(|level| level.max(floor));
+    fn measure<const MASS: bool>(
+        values: &[f32],
+        levels: [f32; N],
+        floor: f32,
+        scale: impl Fn(f32) -> f32,
+    ) -> Self {
+        let levels = levels.map(|level| level.max(floor));
+        let mut stats = Self {
+            levels,
+            total: 0.0,
+            count: [0; N],
+            mass: [0.0; N],
+        };
         for block in values.chunks(BLOCK) {
-            let mut lanes = LevelLanes::default();
-            let (chunks, rest) = as_lanes(block);
-            for chunk in chunks {
-                let mut scaled = [0.0f32; LANES];
+            let mut lanes = LevelLanes::<N>::default();
+            let mut chunks = block.chunks_exact(LEVEL_LANES);
+            for chunk in &mut chunks {
+                let mut scaled = [0.0f32; LEVEL_LANES];
                 for (slot, &x) in scaled.iter_mut().zip(chunk) {
                     *slot = scale(x);
                 }
-                lanes.add(&scaled, floor, &levels);
+                lanes.add::<MASS>(&scaled, floor, &levels);
             }
-            // The tail, padded with -inf: it clears every threshold and weighs 0.
-            let mut tail = [f32::NEG_INFINITY; LANES];
-            for (slot, &x) in tail.iter_mut().zip(rest) {
+            // The tail, padded with -inf: it clears no threshold and weighs 0.
+            let mut tail = [f32::NEG_INFINITY; LEVEL_LANES];
+            for (slot, &x) in tail.iter_mut().zip(chunks.remainder()) {
                 *slot = scale(x);
             }
-            lanes.add(&tail, floor, &levels);
-            self.total += f64::from(lanes.total.iter().sum::<f32>());
-            for j in 0..LEVELS.len() {
-                self.count[j] += lanes.count[j].iter().sum::<f32>() as usize;
-                self.mass[j] += f64::from(lanes.mass[j].iter().sum::<f32>());
+            lanes.add::<MASS>(&tail, floor, &levels);
+            stats.total += f64::from(lanes.total.iter().sum::<f32>());
+            for j in 0..N {
+                stats.count[j] += lanes.count[j].iter().sum::<f32>() as usize;
+                stats.mass[j] += f64::from(lanes.mass[j].iter().sum::<f32>());
             }
         }
+        stats
     }
 }
 
 /// One block's f32 lane accumulators for [`LevelStats`] (counts are exact: a block
 /// is far below 2^24 entries).
-#[derive(Default)]
-struct LevelLanes {
-    total: [f32; LANES],
-    count: [[f32; LANES]; LEVELS.len()],
-    mass: [[f32; LANES]; LEVELS.len()],
+struct LevelLanes<const N: usize> {
+    total: [f32; LEVEL_LANES],
+    count: [[f32; LEVEL_LANES]; N],
+    mass: [[f32; LEVEL_LANES]; N],
 }
 
-impl LevelLanes {
+impl<const N: usize> Default for LevelLanes<N> {
+    fn default() -> Self {
+        Self {
+            total: [0.0; LEVEL_LANES],
+            count: [[0.0; LEVEL_LANES]; N],
+            mass: [[0.0; LEVEL_LANES]; N],
+        }
+    }
+}
+
+impl<const N: usize> LevelLanes<N> {
     /// Adds one lane-width of scaled logits.
     #[inline(always)]
-    fn add(&mut self, scaled: &[f32; LANES], floor: f32, levels: &[f32; LEVELS.len()]) {
-        let mut weights = [0.0f32; LANES];
-        for (w, &s) in weights.iter_mut().zip(scaled) {
-            *w = exp(s);
-        }
-        for ((total, &s), &w) in self.total.iter_mut().zip(scaled).zip(&weights) {
-            *total += if s >= floor { w } else { 0.0 };
+    fn add<const MASS: bool>(
+        &mut self,
+        scaled: &[f32; LEVEL_LANES],
+        floor: f32,
+        levels: &[f32; N],
+    ) {
+        let mut weights = [0.0f32; LEVEL_LANES];
+        if MASS {
+            for (w, &s) in weights.iter_mut().zip(scaled) {
+                *w = exp(s);
+            }
+            for ((total, &s), &w) in self.total.iter_mut().zip(scaled).zip(&weights) {
+                *total += if s >= floor { w } else { 0.0 };
+            }
         }
         for ((count, mass), &level) in self.count.iter_mut().zip(&mut self.mass).zip(levels) {
             for (((count, mass), &s), &w) in count.iter_mut().zip(mass).zip(scaled).zip(&weights) {
                 let hit = s >= level;
                 *count += if hit { 1.0 } else { 0.0 };
-                *mass += if hit { w } else { 0.0 };
+                if MASS {
+                    *mass += if hit { w } else { 0.0 };
+                }
             }
         }
     }
@@ -292,11 +371,10 @@ mod tests {
 
     #[test]
     fn level_stats_count_and_weigh_each_level() {
-        // Scaled logits 0, -1, ..., -29: each level holds the tokens at or above it.
-        let values: Vec<f32> = (0..30).map(|i| -(i as f32)).collect();
-        let mut stats = LevelStats::default();
-        stats.add(&values, f32::NEG_INFINITY, |x| x);
-        for (j, &level) in LEVELS.iter().enumerate() {
+        // Scaled logits 0, -0.5, ..., -29.5: each level holds the tokens at or above it.
+        let values: Vec<f32> = (0..60).map(|i| -(i as f32) / 2.0).collect();
+        let stats = LevelStats::with_mass(&values, MASS_LEVELS, f32::NEG_INFINITY, |x| x);
+        for (j, &level) in MASS_LEVELS.iter().enumerate() {
             let inside: Vec<f32> = values.iter().copied().filter(|&s| s >= level).collect();
             assert_eq!(stats.count[j], inside.len());
             let mass: f64 = inside.iter().map(|&s| f64::from(s).exp()).sum();
@@ -305,11 +383,19 @@ mod tests {
         let total: f64 = values.iter().map(|&s| f64::from(s).exp()).sum();
         assert!((stats.total - total).abs() < 1e-6);
 
+        let counts = LevelStats::counts(&values, COUNT_LEVELS, f32::NEG_INFINITY, |x| x);
+        for (j, &level) in COUNT_LEVELS.iter().enumerate() {
+            assert_eq!(
+                counts.count[j],
+                values.iter().filter(|&&s| s >= level).count()
+            );
+        }
+
         // A min-p floor of e^-3 caps every level and the total.
-        let mut floored = LevelStats::default();
-        floored.add(&values, -3.0, |x| x);
-        assert_eq!(floored.count, [3, 4, 4, 4]);
-        let kept: f64 = (0..4).map(|i| (-f64::from(i)).exp()).sum();
+        let floored = LevelStats::with_mass(&values, MASS_LEVELS, -3.0, |x| x);
+        assert_eq!(floored.count, [5, 7, 7]);
+        assert_eq!(floored.levels, [-2.3, -3.0, -3.0]);
+        let kept: f64 = (0..7).map(|i| (-f64::from(i) / 2.0).exp()).sum();
         assert!((floored.total - kept).abs() < 1e-6);
     }
 }
