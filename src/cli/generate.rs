@@ -7,17 +7,19 @@ use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
 
+use surge::config::{EngineArgs, ModelArgs};
 use surge::engine::sampling_params::SamplingParams;
 use surge::frontend::chat_template::{ChatMessage, ChatTemplate, MessageContent};
-use surge::loader::{self, DTypeChoice, LoadedModel, ModelSource};
+use surge::loader::{self, LoadedModel, ModelSource};
 use surge::runner::offline::{self, OfflineRequest};
 use surge::runner::select_device;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Model directory (Hugging Face layout) or .gguf file.
-    #[arg(long, env = "SURGE_MODEL")]
-    model: String,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// The prompt; printed output is the completion only.
     #[arg(
         long,
@@ -44,10 +46,12 @@ pub struct GenerateArgs {
     min_p: f32,
     #[arg(long)]
     seed: Option<u64>,
-    #[arg(long, value_enum, default_value_t = DTypeChoice::Auto, env = "SURGE_DTYPE")]
-    dtype: DTypeChoice,
-    #[arg(long, default_value = "auto", env = "SURGE_DEVICE")]
-    device: String,
+    /// Stop string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Keep generating past EOS (for benchmarks).
+    #[arg(long)]
+    ignore_eos: bool,
 }
 
 /// One line of `--prompts-file`.
@@ -59,9 +63,10 @@ struct PromptLine {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let device = select_device(&args.device)?;
-    let source = ModelSource::parse(&args.model)?;
-    let loaded = loader::load(&source, args.dtype, &device)?;
+    let device = select_device(&args.model.device)?;
+    let source = ModelSource::parse(&args.model.model)?;
+    let loaded = loader::load(&source, args.model.dtype, &device)?;
+    let engine_config = args.engine.engine_config()?;
     let params = SamplingParams {
         temperature: args.temperature,
         top_p: args.top_p,
@@ -69,6 +74,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         min_p: args.min_p,
         seed: args.seed,
         max_tokens: args.max_tokens,
+        stop: args.stop.clone(),
+        ignore_eos: args.ignore_eos,
         ..SamplingParams::default()
     };
     let prompts = match (&args.prompt, &args.prompts_file) {
@@ -99,12 +106,24 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let outputs = offline::generate(&loaded, &requests)?;
+    let (outputs, report) = offline::generate(&loaded, &requests, &engine_config)?;
+    tracing::info!(
+        requests = report.num_requests,
+        prompt_tokens = report.num_prompt_tokens,
+        output_tokens = report.num_output_tokens,
+        elapsed_s = report.elapsed.as_secs_f64(),
+        output_tok_per_s = report.output_tokens_per_second(),
+        steps = report.num_steps,
+        step_p50_ms = report.step_p50.as_secs_f64() * 1e3,
+        step_p90_ms = report.step_p90.as_secs_f64() * 1e3,
+        step_p99_ms = report.step_p99.as_secs_f64() * 1e3,
+        "generation done"
+    );
     let mut out = std::io::stdout().lock();
     if args.prompts_file.is_some() {
         for (index, o) in outputs.iter().enumerate() {
             let line = serde_json::json!({
-                "index": index, "text": o.text, "token_ids": o.token_ids, "finish_reason": o.finish_reason,
+                "index": index, "text": o.text, "token_ids": o.token_ids, "finish_reason": o.finish_reason.as_str(),
             });
             writeln!(out, "{line}")?;
         }

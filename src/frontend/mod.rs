@@ -3,4 +3,5 @@
 pub mod chat_template;
 pub mod detokenizer;
 pub mod gguf_tokenizer;
+pub mod text_output;
 pub mod tokenizer;

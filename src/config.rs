@@ -1,0 +1,65 @@
+//! Command-line flags and `SURGE_*` environment variables shared by subcommands, with
+//! vLLM's names, turned into validated engine settings. The only reader of the env.
+
+use clap::Args;
+
+use crate::engine::EngineConfig;
+use crate::loader::DTypeChoice;
+
+/// Which model, in which dtype, on which device.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model directory (Hugging Face layout) or .gguf file.
+    #[arg(long, env = "SURGE_MODEL")]
+    pub model: String,
+    #[arg(long, value_enum, default_value_t = DTypeChoice::Auto, env = "SURGE_DTYPE")]
+    pub dtype: DTypeChoice,
+    /// auto | cpu | cuda[:N].
+    #[arg(long, default_value = "auto", env = "SURGE_DEVICE")]
+    pub device: String,
+}
+
+/// The engine's limits.
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Longest sequence (prompt + output); defaults to the model's, or what the KV cache holds.
+    #[arg(long, env = "SURGE_MAX_MODEL_LEN")]
+    pub max_model_len: Option<usize>,
+    #[arg(long, default_value_t = 256, env = "SURGE_MAX_NUM_SEQS")]
+    pub max_num_seqs: usize,
+    #[arg(long, default_value_t = 2048, env = "SURGE_MAX_NUM_BATCHED_TOKENS")]
+    pub max_num_batched_tokens: usize,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 16, env = "SURGE_BLOCK_SIZE")]
+    pub block_size: usize,
+    /// KV cache budget on CPU, e.g. 4GiB or 512MiB.
+    #[arg(long, default_value = "4GiB", env = "SURGE_KV_CACHE_MEMORY")]
+    pub kv_cache_memory: bytesize::ByteSize,
+    #[arg(long, overrides_with = "no_enable_prefix_caching")]
+    pub enable_prefix_caching: bool,
+    #[arg(long, env = "SURGE_NO_ENABLE_PREFIX_CACHING")]
+    pub no_enable_prefix_caching: bool,
+    /// Requests waiting beyond this are refused (HTTP 429).
+    #[arg(long, env = "SURGE_MAX_NUM_QUEUED_REQS")]
+    pub max_num_queued_reqs: Option<usize>,
+}
+
+impl EngineArgs {
+    pub fn engine_config(&self) -> anyhow::Result<EngineConfig> {
+        anyhow::ensure!(self.block_size > 0, "--block-size must be at least 1");
+        anyhow::ensure!(self.max_num_seqs > 0, "--max-num-seqs must be at least 1");
+        anyhow::ensure!(
+            self.max_num_batched_tokens > 0,
+            "--max-num-batched-tokens must be at least 1"
+        );
+        Ok(EngineConfig {
+            block_size: self.block_size,
+            max_num_seqs: self.max_num_seqs,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            kv_cache_memory: usize::try_from(self.kv_cache_memory.as_u64())?,
+            max_model_len: self.max_model_len,
+            enable_prefix_caching: !self.no_enable_prefix_caching,
+            max_num_queued_reqs: self.max_num_queued_reqs,
+        })
+    }
+}

@@ -1,0 +1,429 @@
+//! The engine thread: drains commands, then steps — schedule, run, sample, update —
+//! and sends each request its tokens. It owns all mutable engine state.
+
+use std::collections::HashMap;
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use tokio::sync::{mpsc as tmpsc, watch};
+
+use super::batch::BatchInputs;
+use super::handle::{Command, EngineEvent, EngineHandle, EngineRequest, QueueCounter, RequestId};
+use super::sampling_params::SamplingParams;
+use super::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
+use super::sequence::{FinishReason, Sequence, SequenceId};
+use super::stats::EngineStats;
+use crate::kv_cache::block_allocator::BlockAllocator;
+use crate::kv_cache::capacity::{self, KvCapacity};
+use crate::kv_cache::KvCacheShape;
+use crate::loader::LoadedModel;
+use crate::runner::sampler::{SamplerWorkspace, SequenceSampler};
+use crate::runner::ModelRunner;
+
+/// The engine's limits (vLLM's flags of the same names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    pub block_size: usize,
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+    /// KV cache budget in bytes (`--kv-cache-memory`, CPU).
+    pub kv_cache_memory: usize,
+    pub max_model_len: Option<usize>,
+    pub enable_prefix_caching: bool,
+    /// Requests waiting beyond this are refused with `QueueFull`.
+    pub max_num_queued_reqs: Option<usize>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 16,
+            max_num_seqs: 256,
+            max_num_batched_tokens: 2048,
+            kv_cache_memory: 4 << 30,
+            max_model_len: None,
+            enable_prefix_caching: true,
+            max_num_queued_reqs: None,
+        }
+    }
+}
+
+/// What the engine settled on at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineInfo {
+    pub capacity: KvCapacity,
+    pub block_size: usize,
+}
+
+struct SeqState {
+    request: RequestId,
+    index: usize,
+    params: SamplingParams,
+    sampler: SequenceSampler,
+}
+
+struct RequestState {
+    events: tmpsc::UnboundedSender<EngineEvent>,
+    /// Choice index → sequence, `None` once that choice ended.
+    seqs: Vec<Option<SequenceId>>,
+    /// Counted in the handle's queue until its first step.
+    queued: bool,
+}
+
+/// Everything the engine thread owns.
+pub struct EngineCore {
+    scheduler: Scheduler,
+    runner: ModelRunner,
+    eos_token_ids: Vec<u32>,
+    requests: HashMap<RequestId, RequestState>,
+    seqs: HashMap<SequenceId, SeqState>,
+    next_seq: u64,
+    queued: Arc<QueueCounter>,
+    stats: EngineStats,
+    stats_tx: watch::Sender<EngineStats>,
+    workspace: SamplerWorkspace,
+}
+
+/// Sizes the KV cache, builds the runner and scheduler, and starts the engine thread.
+pub fn start(
+    loaded: &LoadedModel,
+    config: &EngineConfig,
+) -> anyhow::Result<(EngineHandle, EngineInfo, std::thread::JoinHandle<()>)> {
+    let c = &loaded.config;
+    let shape = KvCacheShape {
+        num_layers: c.num_hidden_layers,
+        num_blocks: 0,
+        block_size: config.block_size,
+        num_kv_heads: c.num_key_value_heads,
+        head_dim: c.head_dim,
+    };
+    anyhow::ensure!(config.block_size > 0, "--block-size must be at least 1");
+    let capacity = capacity::plan(
+        shape,
+        loaded.dtype,
+        config.kv_cache_memory,
+        c.max_position_embeddings,
+        config.max_model_len,
+    )?;
+    tracing::info!(
+        num_blocks = capacity.num_blocks,
+        block_size = config.block_size,
+        max_model_len = capacity.max_model_len,
+        "KV cache planned"
+    );
+    let allocator = BlockAllocator::new(
+        capacity.num_blocks,
+        config.block_size,
+        config.enable_prefix_caching,
+    )?;
+    let scheduler = Scheduler::new(
+        SchedulerConfig {
+            max_num_seqs: config.max_num_seqs,
+            max_num_batched_tokens: config.max_num_batched_tokens,
+            block_size: config.block_size,
+            max_model_len: capacity.max_model_len,
+        },
+        allocator,
+    )?;
+    let runner = ModelRunner::new(loaded, capacity.num_blocks, config.block_size)?;
+    let queued = Arc::new(QueueCounter::default());
+    let stats = EngineStats {
+        block_size: config.block_size,
+        scheduler: scheduler.stats(),
+        ..EngineStats::default()
+    };
+    let (stats_tx, stats_rx) = watch::channel(stats.clone());
+    let (tx, rx) = mpsc::channel();
+    let core = EngineCore {
+        scheduler,
+        runner,
+        eos_token_ids: loaded.tokenizer.eos_token_ids.clone(),
+        requests: HashMap::new(),
+        seqs: HashMap::new(),
+        next_seq: 0,
+        queued: queued.clone(),
+        stats,
+        stats_tx,
+        workspace: SamplerWorkspace::default(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("surge-engine".into())
+        .spawn(move || core.run(rx))?;
+    let handle = EngineHandle::new(
+        tx,
+        queued,
+        config.max_num_queued_reqs.unwrap_or(usize::MAX),
+        stats_rx,
+    );
+    Ok((
+        handle,
+        EngineInfo {
+            capacity,
+            block_size: config.block_size,
+        },
+        thread,
+    ))
+}
+
+impl EngineCore {
+    /// Steps while there is work; blocks on the command queue while idle; returns once
+    /// every handle is gone and nothing is left to do.
+    fn run(mut self, commands: mpsc::Receiver<Command>) {
+        loop {
+            if !self.scheduler.has_unfinished() {
+                match commands.recv() {
+                    Ok(cmd) => self.apply(cmd),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(cmd) = commands.try_recv() {
+                self.apply(cmd);
+            }
+            if !self.step() {
+                // Nothing could run: wait for a command instead of spinning.
+                match commands.recv() {
+                    Ok(cmd) => self.apply(cmd),
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, cmd: Command) {
+        match cmd {
+            Command::Add {
+                id,
+                request,
+                events,
+            } => self.add(id, request, events),
+            Command::Abort(id) => self.abort(id),
+            Command::FinishChoice { id, index } => self.finish_choice(id, index),
+        }
+        self.publish();
+    }
+
+    fn add(
+        &mut self,
+        id: RequestId,
+        request: EngineRequest,
+        events: tmpsc::UnboundedSender<EngineEvent>,
+    ) {
+        let n = request.params.n.max(1);
+        let ids: Vec<SequenceId> = (0..n as u64)
+            .map(|i| SequenceId(self.next_seq + i))
+            .collect();
+        self.next_seq += n as u64;
+        let seq = Sequence::new(ids[0], request.prompt_ids, request.params.max_tokens)
+            .with_siblings(ids[1..].to_vec());
+        if let Err(e) = self.scheduler.add(seq) {
+            self.queued.release();
+            let _ = events.send(EngineEvent::Error(e.to_string()));
+            return;
+        }
+        for (index, &seq) in ids.iter().enumerate() {
+            let params = if n > 1 {
+                request.params.child(index)
+            } else {
+                request.params.clone()
+            };
+            let sampler = SequenceSampler::new(&params);
+            self.seqs.insert(
+                seq,
+                SeqState {
+                    request: id,
+                    index,
+                    params,
+                    sampler,
+                },
+            );
+        }
+        self.requests.insert(
+            id,
+            RequestState {
+                events,
+                seqs: ids.into_iter().map(Some).collect(),
+                queued: true,
+            },
+        );
+    }
+
+    /// Ends every choice of a request and forgets it; its blocks go back at once.
+    fn abort(&mut self, id: RequestId) {
+        let Some(request) = self.requests.remove(&id) else {
+            return;
+        };
+        if request.queued {
+            self.queued.release();
+        }
+        for seq in request.seqs.into_iter().flatten() {
+            self.scheduler.abort(seq);
+            self.seqs.remove(&seq);
+        }
+    }
+
+    fn finish_choice(&mut self, id: RequestId, index: usize) {
+        let Some(seq) = self
+            .requests
+            .get(&id)
+            .and_then(|r| r.seqs.get(index).copied().flatten())
+        else {
+            return;
+        };
+        self.scheduler.finish(seq, FinishReason::Stop);
+        self.end_choice(seq, None);
+    }
+
+    /// Forgets a finished choice; tells its stream unless `reported` already did.
+    fn end_choice(&mut self, seq: SequenceId, reported: Option<FinishReason>) {
+        let Some(state) = self.seqs.remove(&seq) else {
+            return;
+        };
+        let Some(request) = self.requests.get_mut(&state.request) else {
+            return;
+        };
+        request.seqs[state.index] = None;
+        if reported.is_none() {
+            let _ = request.events.send(EngineEvent::Finished {
+                index: state.index,
+                reason: FinishReason::Stop,
+            });
+        }
+        if request.seqs.iter().all(Option::is_none) {
+            // Dropping the sender ends the stream.
+            self.requests.remove(&state.request);
+        }
+    }
+
+    /// Fails every request with a sequence in `out` (the step could not run).
+    fn fail(&mut self, out: &SchedulerOutput, message: &str) {
+        tracing::error!(error = message, "engine step failed");
+        let failed: Vec<RequestId> = out
+            .scheduled
+            .iter()
+            .filter_map(|s| self.seqs.get(&s.id).map(|st| st.request))
+            .collect();
+        for id in failed {
+            if let Some(r) = self.requests.get(&id) {
+                let _ = r.events.send(EngineEvent::Error(message.to_string()));
+            }
+            self.abort(id);
+        }
+    }
+
+    /// One engine step; false if nothing was schedulable.
+    fn step(&mut self) -> bool {
+        let started = Instant::now();
+        let out = self.scheduler.schedule();
+        if out.is_empty() {
+            return false;
+        }
+        for s in &out.scheduled {
+            let Some(state) = self.seqs.get(&s.id) else {
+                continue;
+            };
+            if let Some(request) = self.requests.get_mut(&state.request) {
+                if std::mem::take(&mut request.queued) {
+                    self.queued.release();
+                }
+            }
+        }
+        if let Err(e) = self.forward_and_sample(&out) {
+            self.fail(&out, &format!("{e:#}"));
+        }
+        self.stats.last_step_time = started.elapsed();
+        self.stats.step_times.record(self.stats.last_step_time);
+        self.stats.last_step_tokens = out.num_batched_tokens();
+        self.stats.num_steps += 1;
+        self.stats.prompt_tokens_total += out
+            .scheduled
+            .iter()
+            .map(|s| self.prompt_part(s.id, s.num_computed, s.num_new))
+            .sum::<usize>() as u64;
+        self.publish();
+        true
+    }
+
+    /// Tokens of a chunk that belong to the prompt (the rest recompute output after a preemption).
+    fn prompt_part(&self, seq: SequenceId, num_computed: usize, num_new: usize) -> usize {
+        let prompt_len = self
+            .scheduler
+            .sequence(seq)
+            .map_or(0, Sequence::num_prompt_tokens);
+        (num_computed + num_new)
+            .min(prompt_len)
+            .saturating_sub(num_computed)
+    }
+
+    fn forward_and_sample(&mut self, out: &SchedulerOutput) -> anyhow::Result<()> {
+        let pairs: Vec<(usize, usize)> = out
+            .blocks_to_copy
+            .iter()
+            .map(|c| (c.src.index(), c.dst.index()))
+            .collect();
+        self.runner.copy_blocks(&pairs)?;
+        let batch = BatchInputs::prepare(
+            &self.scheduler.chunks(out)?,
+            self.scheduler.block_size().get(),
+        );
+        let logits = self.runner.execute(&batch)?;
+        let vocab = logits.dim(1)?;
+        let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+        let mut sampled = Vec::new();
+        for (row, id) in out.sampling_ids().enumerate() {
+            let (Some(state), Some(seq)) = (self.seqs.get_mut(&id), self.scheduler.sequence(id))
+            else {
+                continue;
+            };
+            let row = &logits[row * vocab..(row + 1) * vocab];
+            let token = state.sampler.sample_with(
+                &mut self.workspace,
+                row,
+                &state.params,
+                seq.prompt_token_ids(),
+                seq.output_token_ids(),
+            )?;
+            sampled.push((id, token));
+        }
+        let tokens: Vec<(SequenceId, u32)> = sampled.iter().map(|(id, t)| (*id, t.token)).collect();
+        let length_done = self.scheduler.update(out, &tokens);
+        self.stats.generation_tokens_total += tokens.len() as u64;
+        for (id, token) in sampled {
+            let Some(state) = self.seqs.get(&id) else {
+                continue;
+            };
+            let hit_eos = !state.params.ignore_eos && self.eos_token_ids.contains(&token.token);
+            let finish = if hit_eos || state.params.stop_token_ids.contains(&token.token) {
+                self.scheduler.finish(id, FinishReason::Stop);
+                Some(FinishReason::Stop)
+            } else {
+                length_done
+                    .iter()
+                    .find(|(done, _)| *done == id)
+                    .map(|(_, reason)| *reason)
+            };
+            let event = EngineEvent::Token {
+                index: state.index,
+                token: token.token,
+                logprobs: state.params.logprobs.is_some().then_some(token),
+                finish,
+            };
+            let request = state.request;
+            let delivered = self
+                .requests
+                .get(&request)
+                .is_some_and(|r| r.events.send(event).is_ok());
+            if !delivered {
+                // The client went away: free its blocks now.
+                self.abort(request);
+            } else if finish.is_some() {
+                self.end_choice(id, finish);
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self) {
+        self.stats.scheduler = self.scheduler.stats();
+        self.stats_tx.send_replace(self.stats.clone());
+    }
+}
