@@ -9,14 +9,34 @@ use crate::loader::DTypeChoice;
 /// Which model, in which dtype, on which device.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model directory (Hugging Face layout) or .gguf file.
+    /// Model directory (Hugging Face layout) or .gguf file; default: the demo model
+    /// (SmolLM2-135M-Instruct fetched by tests/support/fetch-models.sh).
     #[arg(long, env = "SURGE_MODEL")]
-    pub model: String,
+    pub model: Option<String>,
     #[arg(long, value_enum, default_value_t = DTypeChoice::Auto, env = "SURGE_DTYPE")]
     pub dtype: DTypeChoice,
     /// auto | cpu | cuda[:N].
     #[arg(long, default_value = "auto", env = "SURGE_DEVICE")]
     pub device: String,
+}
+
+impl ModelArgs {
+    /// `--model`, or the demo model when it is absent.
+    pub fn model_or_demo(&self) -> anyhow::Result<String> {
+        if let Some(model) = &self.model {
+            return Ok(model.clone());
+        }
+        let cache = std::env::var_os("SURGE_MODEL_CACHE")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::PathBuf::from(".cache/models"));
+        let demo = cache.join("smollm2-hf");
+        anyhow::ensure!(
+            demo.join("config.json").is_file(),
+            "no --model given and the demo model is not at {}: fetch it with `bash tests/support/fetch-models.sh` (from the surge repository), or pass --model",
+            demo.display()
+        );
+        Ok(demo.display().to_string())
+    }
 }
 
 /// The engine's limits.

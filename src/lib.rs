@@ -1,5 +1,6 @@
 //! surge: a vLLM-style LLM inference server for Llama 3.x.
 
+pub mod api;
 pub mod config;
 pub mod engine;
 pub mod frontend;

@@ -1,3 +1,4 @@
 //! One module per subcommand: argument structs and their `run`.
 
 pub mod generate;
+pub mod serve;

@@ -5,3 +5,4 @@ pub mod detokenizer;
 pub mod gguf_tokenizer;
 pub mod text_output;
 pub mod tokenizer;
+pub mod validate;

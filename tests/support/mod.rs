@@ -1,6 +1,8 @@
 //! Shared test fixtures: where the fetched models live, and a tiny random Llama 3.1.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,18 @@
+//! The OpenAI-compatible HTTP API: router, wire types, handlers, errors, auth, health.
+//! A leaf: it talks to the engine through `EngineHandle` and to `frontend` only.
+
+pub mod auth;
+pub mod chat;
+pub mod completions;
+pub mod error;
+pub mod generation;
+pub mod health;
+pub mod models;
+pub mod respond;
+pub mod routes;
+pub mod state;
+pub mod tokenize;
+pub mod wire;
+
+pub use routes::router;
+pub use state::{AppState, AppStateInner};

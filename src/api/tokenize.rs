@@ -1,0 +1,33 @@
+//! POST /tokenize and /detokenize (vLLM's shapes).
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::respond::blocking;
+use super::state::AppState;
+use super::wire::tokenize::{DetokenizeRequest, TokenizeRequest};
+use crate::frontend::validate::parse_request;
+
+pub async fn tokenize(State(state): State<AppState>, body: Bytes) -> Response {
+    let result = async {
+        let request: TokenizeRequest = parse_request(&body)?;
+        blocking(move || state.validator.tokenize(request)).await
+    };
+    match result.await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn detokenize(State(state): State<AppState>, body: Bytes) -> Response {
+    let result = async {
+        let request: DetokenizeRequest = parse_request(&body)?;
+        blocking(move || state.validator.detokenize(request)).await
+    };
+    match result.await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
