@@ -1,6 +1,7 @@
 //! POST /v1/chat/completions, streaming and not.
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -8,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::generation::{ChoiceDelta, Generation};
-use super::respond::{blocking, log_finished, sse, token_text};
+use super::respond::{self, blocking, log_finished, sse, token_text};
 use super::state::AppState;
 use super::wire::chat::{
     ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
@@ -18,8 +19,11 @@ use super::wire::chat::{
 use super::wire::common::{response_id, unix_now, wire_logprob, Usage};
 use crate::frontend::validate::{parse_request, ValidRequest};
 
-pub async fn create(State(state): State<AppState>, body: Bytes) -> Response {
-    match run(state, body).await {
+pub async fn create(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match async { run(state, respond::body(body)?).await }.await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
@@ -166,6 +170,7 @@ fn stream(state: AppState, valid: ValidRequest, mut generation: Generation) -> R
                 }
             };
             if tx.send(message).await.is_err() {
+                log_finished(&generation, "abort");
                 return; // client gone: dropping `generation` aborts the request
             }
         }

@@ -2,6 +2,7 @@
 //! prompt × n + choice, as vLLM numbers them), streaming and not.
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -10,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::generation::{ChoiceDelta, Generation};
-use super::respond::{blocking, log_finished, sse, token_text};
+use super::respond::{self, blocking, log_finished, sse, token_text};
 use super::state::AppState;
 use super::wire::common::{response_id, unix_now, wire_logprob, Usage};
 use super::wire::completions::{
@@ -19,8 +20,11 @@ use super::wire::completions::{
 };
 use crate::frontend::validate::{parse_request, ValidRequest};
 
-pub async fn create(State(state): State<AppState>, body: Bytes) -> Response {
-    match run(state, body).await {
+pub async fn create(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match async { run(state, respond::body(body)?).await }.await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
@@ -52,7 +56,7 @@ async fn run(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     }
 }
 
-/// Per-choice text offset bookkeeping for logprobs.
+/// Per-choice text offset (in characters, as OpenAI counts) for logprobs.
 #[derive(Default, Clone)]
 struct Offsets(usize);
 
@@ -67,7 +71,7 @@ fn logprobs(
     for t in &delta.tokens {
         let text = token_text(&state.tokenizer, t.token);
         out.text_offset.push(offset.0);
-        offset.0 += text.len();
+        offset.0 += text.chars().count();
         out.tokens.push(text);
         out.token_logprobs.push(Some(wire_logprob(t.logprob)));
         let top = t
@@ -106,7 +110,7 @@ async fn whole(
     let (mut prompt_tokens, mut output_tokens) = (0, 0);
     for (p, (valid, mut generation)) in valids.iter().zip(generations).enumerate() {
         let mut texts: Vec<String> = vec![start_text(valid); n];
-        let mut offsets: Vec<Offsets> = texts.iter().map(|t| Offsets(t.len())).collect();
+        let mut offsets: Vec<Offsets> = texts.iter().map(|t| Offsets(t.chars().count())).collect();
         let mut lps: Vec<Option<CompletionLogprobs>> =
             vec![valid.logprobs.map(|_| CompletionLogprobs::default()); n];
         let mut finish = vec![None; n];
@@ -168,7 +172,7 @@ fn stream(state: AppState, valids: Vec<ValidRequest>, generations: Vec<Generatio
         for (p, valid) in valids.iter().enumerate() {
             let text = start_text(valid);
             for i in 0..n {
-                offsets.push(Offsets(text.len()));
+                offsets.push(Offsets(text.chars().count()));
                 if valid.echo {
                     let choice = CompletionChoice {
                         index: p * n + i,
@@ -196,7 +200,7 @@ fn stream(state: AppState, valids: Vec<ValidRequest>, generations: Vec<Generatio
                 match g.next().await {
                     Some(d) => Some(((p, d), g)),
                     None => {
-                        log_finished(&g, "done");
+                        log_finished(&g, "finished");
                         None
                     }
                 }

@@ -62,24 +62,3 @@ impl IntoResponse for ApiError {
         response
     }
 }
-
-impl From<axum::extract::rejection::JsonRejection> for ApiError {
-    fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
-        use axum::extract::rejection::JsonRejection as R;
-        match &rejection {
-            R::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestTooLargeError",
-                "The request body is too large.",
-            ),
-            R::MissingJsonContentType(_) => Self::bad_request(
-                "Expected request with `Content-Type: application/json`.",
-                None,
-            ),
-            _ => Self::bad_request(
-                format!("Invalid JSON body: {}", rejection.body_text()),
-                None,
-            ),
-        }
-    }
-}

@@ -3,6 +3,8 @@
 
 use std::convert::Infallible;
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -45,6 +47,24 @@ impl From<SubmitError> for ApiError {
             },
         }
     }
+}
+
+/// The request body, or the body-limit rejection as an OpenAI-shaped 413 (or 400).
+pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestTooLargeError",
+                "The request body is too large.",
+            )
+        } else {
+            ApiError::bad_request(
+                format!("Cannot read the request body: {}", rejection.body_text()),
+                None,
+            )
+        }
+    })
 }
 
 /// The text of one token for logprobs (special tokens included).

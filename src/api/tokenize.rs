@@ -1,18 +1,22 @@
 //! POST /tokenize and /detokenize (vLLM's shapes).
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::respond::blocking;
+use super::respond::{self, blocking};
 use super::state::AppState;
 use super::wire::tokenize::{DetokenizeRequest, TokenizeRequest};
 use crate::frontend::validate::parse_request;
 
-pub async fn tokenize(State(state): State<AppState>, body: Bytes) -> Response {
+pub async fn tokenize(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let result = async {
-        let request: TokenizeRequest = parse_request(&body)?;
+        let request: TokenizeRequest = parse_request(&respond::body(body)?)?;
         blocking(move || state.validator.tokenize(request)).await
     };
     match result.await {
@@ -21,9 +25,12 @@ pub async fn tokenize(State(state): State<AppState>, body: Bytes) -> Response {
     }
 }
 
-pub async fn detokenize(State(state): State<AppState>, body: Bytes) -> Response {
+pub async fn detokenize(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let result = async {
-        let request: DetokenizeRequest = parse_request(&body)?;
+        let request: DetokenizeRequest = parse_request(&respond::body(body)?)?;
         blocking(move || state.validator.detokenize(request)).await
     };
     match result.await {
