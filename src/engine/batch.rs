@@ -75,4 +75,9 @@ impl BatchInputs {
     pub fn num_tokens(&self) -> usize {
         self.token_ids.len()
     }
+
+    /// Every sequence adds exactly one token (a pure decode step).
+    pub fn is_decode_only(&self) -> bool {
+        self.num_tokens() == self.attention.num_seqs()
+    }
 }

@@ -148,7 +148,7 @@ impl Weights {
             Store::Safetensors(_) => Ok(Linear::dense(self.tensor(name, &[out_dim, in_dim])?)),
             Store::Gguf(g) => {
                 let q = g.load(name, &[out_dim, in_dim], &self.device)?;
-                Ok(Linear::Quantized(QMatMul::from_qtensor(q)?))
+                Ok(Linear::quantized(QMatMul::from_qtensor(q)?))
             }
         }
     }

@@ -1,14 +1,26 @@
 //! Building blocks shared by model architectures: projections and RMSNorm.
 
+use std::sync::OnceLock;
+
 use candle_core::quantized::QMatMul;
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
+
+/// Decode batches of at least this many rows run quantized weights through an f32
+/// copy: candle's CPU quantized kernels cost the same per row at any batch size (Q4_1
+/// has no SIMD path at all), while a dense GEMM reuses each weight across rows, which
+/// is where batching gets its throughput. Prefill keeps the quantized kernels.
+const DENSE_FROM_ROWS: usize = 4;
 
 /// A bias-free projection `y = x · Wᵀ`, dense or quantized.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Linear {
     /// `weight`: `[out, in]`.
     Dense(Tensor),
-    Quantized(QMatMul),
+    Quantized {
+        weight: QMatMul,
+        /// f32 `[out, in]`, made on the first large decode batch.
+        dense: OnceLock<Tensor>,
+    },
 }
 
 impl Linear {
@@ -16,11 +28,34 @@ impl Linear {
         Self::Dense(weight)
     }
 
-    /// `x`: `[num_tokens, in]` → `[num_tokens, out]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn quantized(weight: QMatMul) -> Self {
+        Self::Quantized {
+            weight,
+            dense: OnceLock::new(),
+        }
+    }
+
+    /// `x`: `[num_tokens, in]` → `[num_tokens, out]`. `decode` says every row is a
+    /// different sequence's single new token (see [`DENSE_FROM_ROWS`]).
+    pub fn forward(&self, x: &Tensor, decode: bool) -> Result<Tensor> {
         match self {
             Self::Dense(w) => x.matmul(&w.t()?),
-            Self::Quantized(q) => q.forward(x),
+            Self::Quantized { weight, dense }
+                if decode && x.dim(0)? >= DENSE_FROM_ROWS && x.device().is_cpu() =>
+            {
+                let w = match dense.get() {
+                    Some(w) => w,
+                    None => {
+                        let w = match weight {
+                            QMatMul::QTensor(q) => q.dequantize(&q.device())?,
+                            QMatMul::Tensor(w) | QMatMul::TensorF16(w) => w.to_dtype(DType::F32)?,
+                        };
+                        dense.get_or_init(|| w)
+                    }
+                };
+                x.matmul(&w.t()?)
+            }
+            Self::Quantized { weight, .. } => weight.forward(x),
         }
     }
 }
