@@ -82,6 +82,9 @@ pub struct EngineCore {
     stats: EngineStats,
     stats_tx: watch::Sender<EngineStats>,
     workspace: SamplerWorkspace,
+    /// Requests that ended this step; their streams close only after the stats that
+    /// count them as ended are published, so a client never sees stale numbers.
+    ended: Vec<RequestState>,
 }
 
 /// Sizes the KV cache, builds the runner and scheduler, and starts the engine thread.
@@ -145,6 +148,7 @@ pub fn start(
         stats,
         stats_tx,
         workspace: SamplerWorkspace::default(),
+        ended: Vec::new(),
     };
     let thread = std::thread::Builder::new()
         .name("surge-engine".into())
@@ -289,8 +293,8 @@ impl EngineCore {
             });
         }
         if request.seqs.iter().all(Option::is_none) {
-            // Dropping the sender ends the stream.
-            self.requests.remove(&state.request);
+            // Dropping the sender (after the next publish) ends the stream.
+            self.ended.extend(self.requests.remove(&state.request));
         }
     }
 
@@ -425,5 +429,6 @@ impl EngineCore {
     fn publish(&mut self) {
         self.stats.scheduler = self.scheduler.stats();
         self.stats_tx.send_replace(self.stats.clone());
+        self.ended.clear();
     }
 }
