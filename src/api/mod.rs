@@ -2,6 +2,7 @@
 //! A leaf: it talks to the engine through `EngineHandle` and to `frontend` only.
 
 pub mod auth;
+pub mod body_limit;
 pub mod chat;
 pub mod completions;
 pub mod error;

@@ -53,11 +53,7 @@ impl From<SubmitError> for ApiError {
 pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestTooLargeError",
-                "The request body is too large.",
-            )
+            super::body_limit::too_large()
         } else {
             ApiError::bad_request(
                 format!("Cannot read the request body: {}", rejection.body_text()),

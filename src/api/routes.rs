@@ -5,7 +5,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::state::AppState;
-use super::{auth, chat, completions, health, models, tokenize};
+use super::{auth, body_limit, chat, completions, health, models, tokenize};
 
 /// Every route; `/v1/*` behind the API key when one is set.
 pub fn router(state: AppState, max_request_body_bytes: usize) -> Router {
@@ -25,5 +25,9 @@ pub fn router(state: AppState, max_request_body_bytes: usize) -> Router {
         .route("/ping", get(health::ping).post(health::ping))
         .route("/version", get(health::version))
         .layer(DefaultBodyLimit::max(max_request_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            max_request_body_bytes,
+            body_limit::reject_oversized,
+        ))
         .with_state(state)
 }
