@@ -62,6 +62,10 @@ pub struct EngineArgs {
     /// Requests waiting beyond this are refused (HTTP 429).
     #[arg(long, env = "SURGE_MAX_NUM_QUEUED_REQS")]
     pub max_num_queued_reqs: Option<usize>,
+    /// Prompt tokens waiting beyond this are refused (HTTP 429); one request is always
+    /// let into an empty queue.
+    #[arg(long, env = "SURGE_MAX_NUM_QUEUED_TOKENS")]
+    pub max_num_queued_tokens: Option<usize>,
 }
 
 impl EngineArgs {
@@ -80,6 +84,18 @@ impl EngineArgs {
             max_model_len: self.max_model_len,
             enable_prefix_caching: !self.no_enable_prefix_caching,
             max_num_queued_reqs: self.max_num_queued_reqs,
+            max_num_queued_tokens: self.max_num_queued_tokens,
         })
+    }
+}
+
+/// Lets candle's CPU matmuls use every CPU this process may run on. candle sizes its
+/// thread pool from `RAYON_NUM_THREADS`, else from its count of physical cores, which
+/// comes out as 1 on some virtual machines and halves throughput on a 2-CPU host. A
+/// value the user set is kept. Call first thing in `main`, before any thread starts.
+pub fn default_cpu_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
 }

@@ -6,6 +6,7 @@ pub mod engine;
 pub mod frontend;
 pub mod kv_cache;
 pub mod loader;
+pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod runner;

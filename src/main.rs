@@ -30,9 +30,12 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Offline generation from a prompt or a JSONL file of prompts.
     Generate(cli::generate::GenerateArgs),
+    /// Wait until a server answers /health with 200 (e.g. while it scales from zero).
+    WaitReady(cli::wait_ready::WaitReadyArgs),
 }
 
 fn main() -> std::process::ExitCode {
+    surge::config::default_cpu_threads();
     let cli = Cli::parse();
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
@@ -48,6 +51,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(args),
         Command::Generate(args) => cli::generate::run(args),
+        Command::WaitReady(args) => cli::wait_ready::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

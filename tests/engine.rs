@@ -224,7 +224,7 @@ fn prefix_caching_computes_only_new_tokens() {
     let after = stats_watch.borrow().clone();
     let hits = after.scheduler.prefix_cache_hits - before.scheduler.prefix_cache_hits;
     assert_eq!(hits, 80, "the 5 shared blocks should hit");
-    let computed = after.prompt_tokens_total - before.prompt_tokens_total;
+    let computed = after.prompt_tokens_computed - before.prompt_tokens_computed;
     assert_eq!(
         computed,
         second.len() as u64 - 80,
@@ -325,10 +325,14 @@ fn queue_full_is_refused_and_running_requests_are_unaffected() {
     let first = running.blocking_recv(); // now running, no longer queued
     assert!(matches!(first, Some(EngineEvent::Token { .. })));
     let queued: Vec<_> = (1..3).map(|i| handle.submit(request(i)).unwrap()).collect();
-    assert_eq!(
-        handle.submit(request(3)).err(),
-        Some(SubmitError::QueueFull { max: 2 })
-    );
+    match handle.submit(request(3)).err() {
+        Some(SubmitError::QueueFull {
+            queued: 2,
+            max_reqs: Some(2),
+            ..
+        }) => {}
+        other => panic!("expected QueueFull at 2 queued, got {other:?}"),
+    }
     let mut tokens = vec![match first {
         Some(EngineEvent::Token { token, .. }) => token,
         _ => unreachable!(),

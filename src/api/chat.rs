@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::error::ApiError;
 use super::generation::{ChoiceDelta, Generation};
 use super::respond::{self, blocking, log_finished, sse, token_text};
-use super::state::AppState;
+use super::state::{AppState, Serving};
 use super::wire::chat::{
     ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
     ChatCompletionResponse, ChatDelta, ChatLogprobToken, ChatLogprobs, ChatResponseMessage,
@@ -29,7 +29,8 @@ pub async fn create(
     }
 }
 
-async fn run(state: AppState, body: Bytes) -> Result<Response, ApiError> {
+async fn run(app: AppState, body: Bytes) -> Result<Response, ApiError> {
+    let (state, in_flight) = app.admit()?;
     let request: ChatCompletionRequest = parse_request(&body)?;
     let s = state.clone();
     let valid = blocking(move || s.validator.chat(request)).await?;
@@ -38,6 +39,7 @@ async fn run(state: AppState, body: Bytes) -> Result<Response, ApiError> {
         state.tokenizer.clone(),
         valid.prompt_ids.clone(),
         valid.params.clone(),
+        in_flight,
     )?;
     if valid.stream {
         Ok(stream(state, valid, generation))
@@ -46,7 +48,7 @@ async fn run(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     }
 }
 
-fn logprobs(state: &AppState, valid: &ValidRequest, delta: &ChoiceDelta) -> Option<ChatLogprobs> {
+fn logprobs(state: &Serving, valid: &ValidRequest, delta: &ChoiceDelta) -> Option<ChatLogprobs> {
     let top_n = valid.logprobs?;
     let entry = |token: u32, logprob: f32| {
         let text = token_text(&state.tokenizer, token);
@@ -82,7 +84,7 @@ fn logprobs(state: &AppState, valid: &ValidRequest, delta: &ChoiceDelta) -> Opti
 }
 
 async fn whole(
-    state: AppState,
+    state: Serving,
     valid: ValidRequest,
     mut generation: Generation,
 ) -> Result<Response, ApiError> {
@@ -92,7 +94,7 @@ async fn whole(
         vec![valid.logprobs.map(|_| ChatLogprobs::default()); n];
     let mut finish = vec![None; n];
     while let Some(delta) = generation.next().await {
-        let delta = delta.map_err(ApiError::internal)?;
+        let delta = delta?;
         texts[delta.index].push_str(&delta.text);
         if let (Some(all), Some(mut more)) =
             (lps[delta.index].as_mut(), logprobs(&state, &valid, &delta))
@@ -131,7 +133,7 @@ async fn whole(
     .into_response())
 }
 
-fn stream(state: AppState, valid: ValidRequest, mut generation: Generation) -> Response {
+fn stream(state: Serving, valid: ValidRequest, mut generation: Generation) -> Response {
     let (tx, rx) = mpsc::channel(64);
     let id = response_id("chatcmpl");
     let created = unix_now();
@@ -165,7 +167,7 @@ fn stream(state: AppState, valid: ValidRequest, mut generation: Generation) -> R
                     json(&chunk(vec![choice]))
                 }
                 Err(e) => {
-                    let _ = tx.send(ApiError::internal(e).body().to_string()).await;
+                    let _ = tx.send(e.body().to_string()).await;
                     break;
                 }
             };

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::error::ApiError;
 use super::generation::{ChoiceDelta, Generation};
 use super::respond::{self, blocking, log_finished, sse, token_text};
-use super::state::AppState;
+use super::state::{AppState, Serving};
 use super::wire::common::{response_id, unix_now, wire_logprob, Usage};
 use super::wire::completions::{
     CompletionChoice, CompletionChunk, CompletionLogprobs, CompletionRequest, CompletionResponse,
@@ -30,7 +30,8 @@ pub async fn create(
     }
 }
 
-async fn run(state: AppState, body: Bytes) -> Result<Response, ApiError> {
+async fn run(app: AppState, body: Bytes) -> Result<Response, ApiError> {
+    let (state, in_flight) = app.admit()?;
     let request: CompletionRequest = parse_request(&body)?;
     let s = state.clone();
     let valids = blocking(move || s.validator.completion(request)).await?;
@@ -47,6 +48,7 @@ async fn run(state: AppState, body: Bytes) -> Result<Response, ApiError> {
             state.tokenizer.clone(),
             v.prompt_ids.clone(),
             v.params.clone(),
+            in_flight.clone(),
         )?);
     }
     if first.stream {
@@ -61,7 +63,7 @@ async fn run(state: AppState, body: Bytes) -> Result<Response, ApiError> {
 struct Offsets(usize);
 
 fn logprobs(
-    state: &AppState,
+    state: &Serving,
     valid: &ValidRequest,
     delta: &ChoiceDelta,
     offset: &mut Offsets,
@@ -101,7 +103,7 @@ fn start_text(valid: &ValidRequest) -> String {
 }
 
 async fn whole(
-    state: AppState,
+    state: Serving,
     valids: Vec<ValidRequest>,
     generations: Vec<Generation>,
 ) -> Result<Response, ApiError> {
@@ -115,7 +117,7 @@ async fn whole(
             vec![valid.logprobs.map(|_| CompletionLogprobs::default()); n];
         let mut finish = vec![None; n];
         while let Some(delta) = generation.next().await {
-            let delta = delta.map_err(ApiError::internal)?;
+            let delta = delta?;
             let i = delta.index;
             texts[i].push_str(&delta.text);
             if let Some(more) = logprobs(&state, valid, &delta, &mut offsets[i]) {
@@ -157,7 +159,7 @@ async fn whole(
     Ok(Json(response).into_response())
 }
 
-fn stream(state: AppState, valids: Vec<ValidRequest>, generations: Vec<Generation>) -> Response {
+fn stream(state: Serving, valids: Vec<ValidRequest>, generations: Vec<Generation>) -> Response {
     let (tx, rx) = mpsc::channel(64);
     let id = response_id("cmpl");
     let created = unix_now();
@@ -228,7 +230,7 @@ fn stream(state: AppState, valids: Vec<ValidRequest>, generations: Vec<Generatio
                     ))
                 }
                 Err(e) => {
-                    let _ = tx.send(ApiError::internal(e).body().to_string()).await;
+                    let _ = tx.send(e.body().to_string()).await;
                     break;
                 }
             };

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::error::ApiError;
+use super::lifecycle::{unavailable, InFlight};
 use crate::engine::sampling_params::SamplingParams;
 use crate::engine::sequence::FinishReason;
 use crate::engine::{EngineEvent, EngineHandle, EngineRequest, RequestStream, SubmitError};
@@ -20,11 +22,23 @@ pub struct ChoiceDelta {
     pub finish: Option<FinishReason>,
 }
 
+/// Whether the shutdown deadline cut this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    No,
+    /// Its unfinished choices end with `abort`, then an error.
+    Ending,
+    /// All of that was said.
+    Ended,
+}
+
 /// A request in flight: dropping it aborts the request in the engine.
 pub struct Generation {
     stream: RequestStream,
     choices: Vec<ChoiceText>,
     finished: Vec<bool>,
+    in_flight: InFlight,
+    cut: Cut,
     pub num_prompt_tokens: usize,
     pub num_output_tokens: usize,
     pub started: Instant,
@@ -37,6 +51,7 @@ impl Generation {
         tokenizer: Arc<tokenizers::Tokenizer>,
         prompt_ids: Vec<u32>,
         params: SamplingParams,
+        in_flight: InFlight,
     ) -> Result<Self, SubmitError> {
         let n = params.n.max(1);
         let choices = (0..n)
@@ -55,6 +70,8 @@ impl Generation {
             stream,
             choices,
             finished: vec![false; n],
+            in_flight,
+            cut: Cut::No,
             num_prompt_tokens,
             num_output_tokens: 0,
             started: Instant::now(),
@@ -67,9 +84,22 @@ impl Generation {
     }
 
     /// The next delta; `None` once every choice has finished. An `Err` ends the request.
-    pub async fn next(&mut self) -> Option<Result<ChoiceDelta, String>> {
+    /// When the shutdown deadline passes, every unfinished choice ends with `abort` and
+    /// then a 503 error follows.
+    pub async fn next(&mut self) -> Option<Result<ChoiceDelta, ApiError>> {
         loop {
-            let event = self.stream.recv().await?;
+            match self.cut {
+                Cut::No => {}
+                Cut::Ending => return Some(self.next_cut()),
+                Cut::Ended => return None,
+            }
+            let event = tokio::select! {
+                event = self.stream.recv() => event?,
+                () = self.in_flight.cut() => {
+                    self.cut = Cut::Ending;
+                    continue;
+                }
+            };
             match event {
                 EngineEvent::Token {
                     index,
@@ -105,14 +135,14 @@ impl Generation {
                                     delta.finish = Some(FinishReason::Stop);
                                 }
                             }
-                            Err(e) => return Some(Err(e.to_string())),
+                            Err(e) => return Some(Err(ApiError::internal(e.to_string()))),
                         }
                     }
                     if delta.finish.is_some() {
                         self.finished[index] = true;
                         match text.finish() {
                             Ok(tail) => delta.text.push_str(&tail),
-                            Err(e) => return Some(Err(e.to_string())),
+                            Err(e) => return Some(Err(ApiError::internal(e.to_string()))),
                         }
                     }
                     return Some(Ok(delta));
@@ -130,8 +160,28 @@ impl Generation {
                         finish: Some(reason),
                     }));
                 }
-                EngineEvent::Error(message) => return Some(Err(message)),
+                EngineEvent::Error(message) => return Some(Err(ApiError::internal(message))),
             }
         }
+    }
+
+    /// After the cut: an `abort` for each unfinished choice, then the error.
+    fn next_cut(&mut self) -> Result<ChoiceDelta, ApiError> {
+        if let Some(index) = self.finished.iter().position(|f| !f) {
+            self.finished[index] = true;
+            let text = self.choices[index].finish().unwrap_or_default();
+            return Ok(ChoiceDelta {
+                index,
+                text,
+                tokens: Vec::new(),
+                finish: Some(FinishReason::Abort),
+            });
+        }
+        self.cut = Cut::Ended;
+        // Ends the engine side now; dropping `self` later would too.
+        self.stream.abort();
+        Err(unavailable(
+            "The server shut down before this request finished.",
+        ))
     }
 }

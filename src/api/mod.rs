@@ -8,6 +8,7 @@ pub mod completions;
 pub mod error;
 pub mod generation;
 pub mod health;
+pub mod lifecycle;
 pub mod models;
 pub mod respond;
 pub mod routes;
@@ -16,4 +17,4 @@ pub mod tokenize;
 pub mod wire;
 
 pub use routes::router;
-pub use state::{AppState, AppStateInner};
+pub use state::{AppState, AppStateInner, Serving, ServingModel};

@@ -29,8 +29,8 @@ impl From<ValidationError> for ApiError {
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
-            SubmitError::QueueFull { .. } => Self {
-                retry_after: Some(1),
+            SubmitError::QueueFull { retry_after, .. } => Self {
+                retry_after: Some(retry_after.as_secs().max(1)),
                 ..ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "TooManyRequestsError",

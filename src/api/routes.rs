@@ -24,6 +24,7 @@ pub fn router(state: AppState, max_request_body_bytes: usize) -> Router {
         .route("/health", get(health::health))
         .route("/ping", get(health::ping).post(health::ping))
         .route("/version", get(health::version))
+        .route("/metrics", get(health::metrics))
         .layer(DefaultBodyLimit::max(max_request_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             max_request_body_bytes,

@@ -1,24 +1,84 @@
-//! What every handler shares: the engine, the validator and the served model's facts.
+//! What every handler shares: the lifecycle, the metrics, and — once loaded — the
+//! engine, the validator and the served model's facts.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use super::error::ApiError;
+use super::lifecycle::{InFlight, Lifecycle};
 use crate::engine::EngineHandle;
 use crate::frontend::validate::Validator;
+use crate::metrics::Metrics;
 
 /// Cheap to clone (one `Arc`).
 #[derive(Clone)]
 pub struct AppState(pub Arc<AppStateInner>);
 
 pub struct AppStateInner {
-    pub engine: EngineHandle,
-    pub validator: Validator,
-    pub tokenizer: Arc<tokenizers::Tokenizer>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub metrics: Arc<Metrics>,
     pub served_model_name: String,
-    pub max_model_len: usize,
     /// Unix seconds at start-up (`created` of /v1/models).
     pub created: u64,
     /// `--api-key`: required as a Bearer token on /v1/* when set.
     pub api_key: Option<String>,
+    model: OnceLock<Serving>,
+}
+
+/// The loaded model and what serves it.
+pub struct ServingModel {
+    pub engine: EngineHandle,
+    pub validator: Validator,
+    pub tokenizer: Arc<tokenizers::Tokenizer>,
+    pub max_model_len: usize,
+}
+
+pub type Serving = Arc<ServingModel>;
+
+impl AppState {
+    /// A server still loading its model: only /health, /ping, /version and /metrics answer.
+    pub fn loading(
+        metrics: Arc<Metrics>,
+        served_model_name: String,
+        api_key: Option<String>,
+    ) -> Self {
+        Self(Arc::new(AppStateInner {
+            lifecycle: Arc::new(Lifecycle::new(metrics.clone())),
+            metrics,
+            served_model_name,
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            api_key: api_key.filter(|k| !k.is_empty()),
+            model: OnceLock::new(),
+        }))
+    }
+
+    /// The model is loaded and warm: start taking requests.
+    pub fn serve(&self, model: ServingModel) {
+        if self.model.set(Arc::new(model)).is_ok() {
+            self.lifecycle.ready();
+        }
+    }
+
+    /// The model, for requests that do not generate (tokenize, model list): 503 while
+    /// loading.
+    pub fn model(&self) -> Result<Serving, ApiError> {
+        match self.model.get() {
+            Some(m) => Ok(m.clone()),
+            None => {
+                Err(self.lifecycle.enter().err().unwrap_or_else(|| {
+                    super::lifecycle::unavailable("The model is not loaded yet.")
+                }))
+            }
+        }
+    }
+
+    /// The model and a place in flight for a new generation: 503 while loading or
+    /// draining.
+    pub fn admit(&self) -> Result<(Serving, InFlight), ApiError> {
+        let in_flight = self.lifecycle.enter()?;
+        Ok((self.model()?, in_flight))
+    }
 }
 
 impl std::ops::Deref for AppState {

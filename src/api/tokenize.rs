@@ -16,8 +16,9 @@ pub async fn tokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
+        let model = state.model()?;
         let request: TokenizeRequest = parse_request(&respond::body(body)?)?;
-        blocking(move || state.validator.tokenize(request)).await
+        blocking(move || model.validator.tokenize(request)).await
     };
     match result.await {
         Ok(r) => Json(r).into_response(),
@@ -30,8 +31,9 @@ pub async fn detokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
+        let model = state.model()?;
         let request: DetokenizeRequest = parse_request(&respond::body(body)?)?;
-        blocking(move || state.validator.detokenize(request)).await
+        blocking(move || model.validator.detokenize(request)).await
     };
     match result.await {
         Ok(r) => Json(r).into_response(),

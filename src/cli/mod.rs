@@ -2,3 +2,4 @@
 
 pub mod generate;
 pub mod serve;
+pub mod wait_ready;

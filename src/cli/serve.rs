@@ -1,16 +1,18 @@
-//! `surge serve`: load the model, start the engine, serve the OpenAI API.
+//! `surge serve`: listen at once, load the model behind a 503, serve the OpenAI API,
+//! and drain on SIGTERM / SIGINT.
+
+mod shutdown;
+mod startup;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 
-use surge::api::{self, AppState, AppStateInner};
+use surge::api::{self, AppState};
 use surge::config::{EngineArgs, ModelArgs};
-use surge::frontend::chat_template::ChatTemplate;
-use surge::frontend::validate::{Validator, ValidatorConfig};
-use surge::loader::{self, ModelSource};
-use surge::runner::select_device;
+use surge::metrics::Metrics;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -33,62 +35,72 @@ pub struct ServeArgs {
     /// Larger request bodies get 413.
     #[arg(long, default_value_t = 4 << 20, env = "SURGE_MAX_REQUEST_BODY_BYTES")]
     max_request_body_bytes: usize,
+    /// Seconds in-flight requests may take to finish after SIGTERM / SIGINT before they
+    /// are cut; 0 cuts them at once.
+    #[arg(long, default_value_t = 30, env = "SURGE_SHUTDOWN_TIMEOUT")]
+    shutdown_timeout: u64,
+    /// Testing aid: stay this many milliseconds longer in the load phase.
+    #[arg(long, hide = true, env = "SURGE_DEBUG_LOAD_DELAY_MS")]
+    debug_load_delay_ms: Option<u64>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let model = args.model.model_or_demo()?;
-    let device = select_device(&args.model.device)?;
-    let loaded = loader::load(&ModelSource::parse(&model)?, args.model.dtype, &device)?;
-    let (engine, info, _engine_thread) =
-        surge::engine::start(&loaded, &args.engine.engine_config()?)?;
     let served_model_name = args
         .served_model_name
         .clone()
         .unwrap_or_else(|| default_name(&model));
-    let tokenizer = Arc::new(loaded.tokenizer.inner().clone());
-    let chat_template = match loaded.tokenizer.chat_template() {
-        Some(source) => Some(ChatTemplate::new(
-            source,
-            loaded.tokenizer.bos_token.clone(),
-            loaded.tokenizer.eos_token.clone(),
-        )?),
-        None => None,
-    };
-    let validator = Validator::new(
-        Arc::new(loaded.tokenizer.clone()),
-        chat_template,
-        ValidatorConfig {
-            served_model_name: served_model_name.clone(),
-            max_model_len: info.capacity.max_model_len,
-            vocab_size: loaded.config.vocab_size,
-        },
-    );
-    let state = AppState(Arc::new(AppStateInner {
-        engine,
-        validator,
-        tokenizer,
-        served_model_name,
-        max_model_len: info.capacity.max_model_len,
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
-    }));
-    let router = api::router(state, args.max_request_body_bytes);
+    let metrics = Arc::new(Metrics::new(&served_model_name)?);
+    let state = AppState::loading(metrics, served_model_name, args.api_key.clone());
+    let router = api::router(state.clone(), args.max_request_body_bytes);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let mut signals = shutdown::Signals::new()?;
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
             .await
             .with_context(|| format!("cannot bind {}:{}", args.host, args.port))?;
         let addr = listener.local_addr()?;
         tracing::info!("listening on http://{addr}");
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+        let (close, closed) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = closed.await;
+                })
+                .await
+        });
+        let plan = startup::Plan {
+            model,
+            model_args: args.model.clone(),
+            engine_config: args.engine.engine_config()?,
+            load_delay: args.debug_load_delay_ms.map(Duration::from_millis),
+        };
+        let loading = tokio::task::spawn_blocking({
+            let state = state.clone();
+            move || startup::load(&plan, &state)
+        });
+        tokio::select! {
+            loaded = loading => loaded.context("the loading task failed")??,
+            () = signals.next() => {
+                tracing::info!("signal while loading: exiting");
+                return Ok(());
+            }
+        }
+        signals.next().await;
+        shutdown::drain(
+            &state,
+            Duration::from_secs(args.shutdown_timeout),
+            &mut signals,
+        )
+        .await;
+        let _ = close.send(());
+        match tokio::time::timeout(shutdown::CLOSE_TIMEOUT, server).await {
+            Ok(served) => served??,
+            Err(_) => tracing::warn!("connections still open after the drain; closing them"),
+        }
+        tracing::info!("shut down");
         anyhow::Ok(())
     })
 }

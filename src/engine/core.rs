@@ -7,16 +7,19 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc as tmpsc, watch};
 
+use super::admission::Admission;
 use super::batch::BatchInputs;
-use super::handle::{Command, EngineEvent, EngineHandle, EngineRequest, QueueCounter, RequestId};
+use super::handle::{Command, EngineEvent, EngineHandle, EngineRequest, RequestId};
 use super::sampling_params::SamplingParams;
 use super::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
 use super::sequence::{FinishReason, Sequence, SequenceId};
 use super::stats::EngineStats;
+use super::timeline::{Timeline, TokenLatency};
 use crate::kv_cache::block_allocator::BlockAllocator;
 use crate::kv_cache::capacity::{self, KvCapacity};
 use crate::kv_cache::KvCacheShape;
 use crate::loader::LoadedModel;
+use crate::metrics::Metrics;
 use crate::runner::sampler::{SamplerWorkspace, SequenceSampler};
 use crate::runner::ModelRunner;
 
@@ -32,6 +35,8 @@ pub struct EngineConfig {
     pub enable_prefix_caching: bool,
     /// Requests waiting beyond this are refused with `QueueFull`.
     pub max_num_queued_reqs: Option<usize>,
+    /// Prompt tokens waiting beyond this are refused with `QueueFull`.
+    pub max_num_queued_tokens: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -44,6 +49,7 @@ impl Default for EngineConfig {
             max_model_len: None,
             enable_prefix_caching: true,
             max_num_queued_reqs: None,
+            max_num_queued_tokens: None,
         }
     }
 }
@@ -68,6 +74,11 @@ struct RequestState {
     seqs: Vec<Option<SequenceId>>,
     /// Counted in the handle's queue until its first step.
     queued: bool,
+    prompt_tokens: usize,
+    max_tokens: usize,
+    timeline: Timeline,
+    /// The finish reason of the choice that ended last.
+    finish: &'static str,
 }
 
 /// Everything the engine thread owns.
@@ -78,8 +89,11 @@ pub struct EngineCore {
     requests: HashMap<RequestId, RequestState>,
     seqs: HashMap<SequenceId, SeqState>,
     next_seq: u64,
-    queued: Arc<QueueCounter>,
+    admission: Arc<Admission>,
+    metrics: Option<Arc<Metrics>>,
     stats: EngineStats,
+    /// The counters as last exported to `metrics`.
+    exported: EngineStats,
     stats_tx: watch::Sender<EngineStats>,
     workspace: SamplerWorkspace,
     /// Requests that ended this step; their streams close only after the stats that
@@ -87,11 +101,20 @@ pub struct EngineCore {
     ended: Vec<RequestState>,
 }
 
+/// What [`start`] returns: the handle, the settled sizes and the engine thread.
+pub type Started = (EngineHandle, EngineInfo, std::thread::JoinHandle<()>);
+
 /// Sizes the KV cache, builds the runner and scheduler, and starts the engine thread.
-pub fn start(
+pub fn start(loaded: &LoadedModel, config: &EngineConfig) -> anyhow::Result<Started> {
+    start_with_metrics(loaded, config, None)
+}
+
+/// [`start`], recording into `metrics` as the engine steps.
+pub fn start_with_metrics(
     loaded: &LoadedModel,
     config: &EngineConfig,
-) -> anyhow::Result<(EngineHandle, EngineInfo, std::thread::JoinHandle<()>)> {
+    metrics: Option<Arc<Metrics>>,
+) -> anyhow::Result<Started> {
     let c = &loaded.config;
     let shape = KvCacheShape {
         num_layers: c.num_hidden_layers,
@@ -129,9 +152,13 @@ pub fn start(
         allocator,
     )?;
     let runner = ModelRunner::new(loaded, capacity.num_blocks, config.block_size)?;
-    let queued = Arc::new(QueueCounter::default());
+    let admission = Arc::new(Admission::new(
+        config.max_num_queued_reqs,
+        config.max_num_queued_tokens,
+    ));
     let stats = EngineStats {
         block_size: config.block_size,
+        max_num_seqs: config.max_num_seqs,
         scheduler: scheduler.stats(),
         ..EngineStats::default()
     };
@@ -144,7 +171,9 @@ pub fn start(
         requests: HashMap::new(),
         seqs: HashMap::new(),
         next_seq: 0,
-        queued: queued.clone(),
+        admission: admission.clone(),
+        metrics,
+        exported: stats.clone(),
         stats,
         stats_tx,
         workspace: SamplerWorkspace::default(),
@@ -153,12 +182,7 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name("surge-engine".into())
         .spawn(move || core.run(rx))?;
-    let handle = EngineHandle::new(
-        tx,
-        queued,
-        config.max_num_queued_reqs.unwrap_or(usize::MAX),
-        stats_rx,
-    );
+    let handle = EngineHandle::new(tx, admission, stats_rx);
     Ok((
         handle,
         EngineInfo {
@@ -197,11 +221,21 @@ impl EngineCore {
         match cmd {
             Command::Add {
                 id,
+                arrival,
                 request,
                 events,
-            } => self.add(id, request, events),
+            } => self.add(id, arrival, request, events),
             Command::Abort(id) => self.abort(id),
             Command::FinishChoice { id, index } => self.finish_choice(id, index),
+            Command::Warmup(done) => {
+                let started = Instant::now();
+                let result = self
+                    .runner
+                    .warmup()
+                    .map(|()| started.elapsed())
+                    .map_err(|e| e.to_string());
+                let _ = done.send(result);
+            }
         }
         self.publish();
     }
@@ -209,10 +243,13 @@ impl EngineCore {
     fn add(
         &mut self,
         id: RequestId,
+        arrival: Instant,
         request: EngineRequest,
         events: tmpsc::UnboundedSender<EngineEvent>,
     ) {
         let n = request.params.n.max(1);
+        let prompt_tokens = request.prompt_ids.len();
+        let max_tokens = request.params.max_tokens;
         let ids: Vec<SequenceId> = (0..n as u64)
             .map(|i| SequenceId(self.next_seq + i))
             .collect();
@@ -220,8 +257,16 @@ impl EngineCore {
         let seq = Sequence::new(ids[0], request.prompt_ids, request.params.max_tokens)
             .with_siblings(ids[1..].to_vec());
         if let Err(e) = self.scheduler.add(seq) {
-            self.queued.release();
+            self.admission.release(prompt_tokens, false);
             let _ = events.send(EngineEvent::Error(e.to_string()));
+            if let Some(m) = &self.metrics {
+                let timeline = Timeline::new(arrival);
+                m.observe_finished(&timeline.finish(
+                    Instant::now(),
+                    "error",
+                    (prompt_tokens, max_tokens, n),
+                ));
+            }
             return;
         }
         for (index, &seq) in ids.iter().enumerate() {
@@ -247,21 +292,46 @@ impl EngineCore {
                 events,
                 seqs: ids.into_iter().map(Some).collect(),
                 queued: true,
+                prompt_tokens,
+                max_tokens,
+                timeline: Timeline::new(arrival),
+                finish: "abort",
             },
         );
     }
 
     /// Ends every choice of a request and forgets it; its blocks go back at once.
     fn abort(&mut self, id: RequestId) {
-        let Some(request) = self.requests.remove(&id) else {
+        self.abort_as(id, "abort");
+    }
+
+    /// [`Self::abort`], counted under `finished_reason`.
+    fn abort_as(&mut self, id: RequestId, finished_reason: &'static str) {
+        let Some(mut request) = self.requests.remove(&id) else {
             return;
         };
         if request.queued {
-            self.queued.release();
+            self.admission.release(request.prompt_tokens, false);
         }
-        for seq in request.seqs.into_iter().flatten() {
+        for seq in std::mem::take(&mut request.seqs).into_iter().flatten() {
             self.scheduler.abort(seq);
             self.seqs.remove(&seq);
+        }
+        request.finish = finished_reason;
+        self.observe_finished(&request);
+    }
+
+    fn observe_finished(&self, request: &RequestState) {
+        if let Some(m) = &self.metrics {
+            m.observe_finished(&request.timeline.finish(
+                Instant::now(),
+                request.finish,
+                (
+                    request.prompt_tokens,
+                    request.max_tokens,
+                    request.seqs.len(),
+                ),
+            ));
         }
     }
 
@@ -286,6 +356,7 @@ impl EngineCore {
             return;
         };
         request.seqs[state.index] = None;
+        request.finish = reported.unwrap_or(FinishReason::Stop).as_str();
         if reported.is_none() {
             let _ = request.events.send(EngineEvent::Finished {
                 index: state.index,
@@ -294,7 +365,10 @@ impl EngineCore {
         }
         if request.seqs.iter().all(Option::is_none) {
             // Dropping the sender (after the next publish) ends the stream.
-            self.ended.extend(self.requests.remove(&state.request));
+            if let Some(request) = self.requests.remove(&state.request) {
+                self.observe_finished(&request);
+                self.ended.push(request);
+            }
         }
     }
 
@@ -310,7 +384,7 @@ impl EngineCore {
             if let Some(r) = self.requests.get(&id) {
                 let _ = r.events.send(EngineEvent::Error(message.to_string()));
             }
-            self.abort(id);
+            self.abort_as(id, "error");
         }
     }
 
@@ -326,8 +400,9 @@ impl EngineCore {
                 continue;
             };
             if let Some(request) = self.requests.get_mut(&state.request) {
+                request.timeline.scheduled(started);
                 if std::mem::take(&mut request.queued) {
-                    self.queued.release();
+                    self.admission.release(request.prompt_tokens, true);
                 }
             }
         }
@@ -338,11 +413,15 @@ impl EngineCore {
         self.stats.step_times.record(self.stats.last_step_time);
         self.stats.last_step_tokens = out.num_batched_tokens();
         self.stats.num_steps += 1;
-        self.stats.prompt_tokens_total += out
+        self.stats.prompt_tokens_computed += out
             .scheduled
             .iter()
             .map(|s| self.prompt_part(s.id, s.num_computed, s.num_new))
             .sum::<usize>() as u64;
+        if let Some(m) = &self.metrics {
+            m.iteration_tokens
+                .observe(self.stats.last_step_tokens as f64);
+        }
         self.publish();
         true
     }
@@ -390,13 +469,16 @@ impl EngineCore {
         }
         let tokens: Vec<(SequenceId, u32)> = sampled.iter().map(|(id, t)| (*id, t.token)).collect();
         let length_done = self.scheduler.update(out, &tokens);
-        self.stats.generation_tokens_total += tokens.len() as u64;
         for (id, token) in sampled {
             let Some(state) = self.seqs.get(&id) else {
                 continue;
             };
             let hit_eos = !state.params.ignore_eos && self.eos_token_ids.contains(&token.token);
-            let finish = if hit_eos || state.params.stop_token_ids.contains(&token.token) {
+            let stopped = hit_eos || state.params.stop_token_ids.contains(&token.token);
+            let (request, index) = (state.request, state.index);
+            let logprobs = state.params.logprobs.is_some().then_some(token.clone());
+            self.token_latency(request);
+            let finish = if stopped {
                 self.scheduler.finish(id, FinishReason::Stop);
                 Some(FinishReason::Stop)
             } else {
@@ -406,12 +488,11 @@ impl EngineCore {
                     .map(|(_, reason)| *reason)
             };
             let event = EngineEvent::Token {
-                index: state.index,
+                index,
                 token: token.token,
-                logprobs: state.params.logprobs.is_some().then_some(token),
+                logprobs,
                 finish,
             };
-            let request = state.request;
             let delivered = self
                 .requests
                 .get(&request)
@@ -426,8 +507,32 @@ impl EngineCore {
         Ok(())
     }
 
+    /// Counts a new token of `request` into the token counters and latency histograms.
+    fn token_latency(&mut self, request: RequestId) {
+        let Some(r) = self.requests.get_mut(&request) else {
+            return;
+        };
+        self.stats.generation_tokens_total += 1;
+        let latency = r.timeline.token(Instant::now());
+        if matches!(latency, TokenLatency::First(_)) {
+            // vLLM counts a request's whole prompt, cached or not, at its first token.
+            self.stats.prompt_tokens_total += r.prompt_tokens as u64;
+        }
+        if let Some(m) = &self.metrics {
+            match latency {
+                TokenLatency::First(d) => m.time_to_first_token.observe(d.as_secs_f64()),
+                TokenLatency::Next(d) => m.inter_token_latency.observe(d.as_secs_f64()),
+            }
+        }
+    }
+
     fn publish(&mut self) {
         self.stats.scheduler = self.scheduler.stats();
+        self.stats.queued_reqs = self.admission.num_queued();
+        if let Some(m) = &self.metrics {
+            self.stats.export(&self.exported, m);
+            self.exported = self.stats.clone();
+        }
         self.stats_tx.send_replace(self.stats.clone());
         self.ended.clear();
     }

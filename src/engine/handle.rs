@@ -1,11 +1,13 @@
 //! The engine's cloneable front: submit a request, get a stream of its tokens.
 //! Dropping the stream aborts the request; the engine then frees its blocks.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc as tmpsc, watch};
 
+use super::admission::Admission;
 use super::sampling_params::SamplingParams;
 use super::sequence::FinishReason;
 use super::stats::EngineStats;
@@ -42,15 +44,28 @@ pub enum EngineEvent {
 /// Why a request was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {
-    #[error("the request queue is full ({max} requests waiting)")]
-    QueueFull { max: usize },
+    #[error("the request queue is full ({queued} requests with {queued_tokens} prompt tokens waiting; limits: --max-num-queued-reqs {}, --max-num-queued-tokens {})", limit(.max_reqs), limit(.max_tokens))]
+    QueueFull {
+        queued: usize,
+        queued_tokens: usize,
+        max_reqs: Option<usize>,
+        max_tokens: Option<usize>,
+        /// When the queue should have room again, from its recent drain rate.
+        retry_after: Duration,
+    },
     #[error("the engine has stopped")]
     EngineStopped,
+}
+
+fn limit(max: &Option<usize>) -> String {
+    max.map_or_else(|| "none".to_string(), |m| m.to_string())
 }
 
 pub(crate) enum Command {
     Add {
         id: RequestId,
+        /// When the caller submitted it (queue time and latencies start here).
+        arrival: Instant,
         request: EngineRequest,
         events: tmpsc::UnboundedSender<EngineEvent>,
     },
@@ -60,31 +75,8 @@ pub(crate) enum Command {
         id: RequestId,
         index: usize,
     },
-}
-
-/// Requests accepted but not yet running, shared between handles and the engine.
-#[derive(Debug, Default)]
-pub(crate) struct QueueCounter(AtomicUsize);
-
-impl QueueCounter {
-    /// Takes a place if fewer than `max` are taken.
-    fn try_take(&self, max: usize) -> bool {
-        self.0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    pub(crate) fn release(&self) {
-        let _ = self
-            .0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-    }
-
-    pub(crate) fn get(&self) -> usize {
-        self.0.load(Ordering::Acquire)
-    }
+    /// Run one throw-away forward pass; answers with its duration.
+    Warmup(mpsc::Sender<Result<Duration, String>>),
 }
 
 /// Cloneable handle to the engine thread.
@@ -92,33 +84,36 @@ impl QueueCounter {
 pub struct EngineHandle {
     commands: mpsc::Sender<Command>,
     next_id: Arc<AtomicU64>,
-    queued: Arc<QueueCounter>,
-    max_num_queued_reqs: usize,
+    admission: Arc<Admission>,
     stats: watch::Receiver<EngineStats>,
 }
 
 impl EngineHandle {
     pub(crate) fn new(
         commands: mpsc::Sender<Command>,
-        queued: Arc<QueueCounter>,
-        max_num_queued_reqs: usize,
+        admission: Arc<Admission>,
         stats: watch::Receiver<EngineStats>,
     ) -> Self {
         Self {
             commands,
             next_id: Arc::new(AtomicU64::new(0)),
-            queued,
-            max_num_queued_reqs,
+            admission,
             stats,
         }
     }
 
-    /// Queues a request. Fails at once with [`SubmitError::QueueFull`] when
-    /// `--max-num-queued-reqs` requests are already waiting; running ones are unaffected.
+    /// Queues a request. Fails at once with [`SubmitError::QueueFull`] when the waiting
+    /// requests or their prompt tokens are at `--max-num-queued-reqs` /
+    /// `--max-num-queued-tokens`; running ones are unaffected.
     pub fn submit(&self, request: EngineRequest) -> Result<RequestStream, SubmitError> {
-        if !self.queued.try_take(self.max_num_queued_reqs) {
+        let prompt_tokens = request.prompt_ids.len();
+        if let Err(refusal) = self.admission.try_admit(prompt_tokens) {
             return Err(SubmitError::QueueFull {
-                max: self.max_num_queued_reqs,
+                queued: self.admission.num_queued(),
+                queued_tokens: self.admission.queued_tokens(),
+                max_reqs: refusal.max_reqs,
+                max_tokens: refusal.max_tokens,
+                retry_after: refusal.retry_after,
             });
         }
         let id = RequestId(self.next_id.fetch_add(1, Ordering::Relaxed));
@@ -127,12 +122,13 @@ impl EngineHandle {
             .commands
             .send(Command::Add {
                 id,
+                arrival: Instant::now(),
                 request,
                 events: tx,
             })
             .is_err()
         {
-            self.queued.release();
+            self.admission.release(prompt_tokens, false);
             return Err(SubmitError::EngineStopped);
         }
         Ok(RequestStream {
@@ -141,6 +137,18 @@ impl EngineHandle {
             commands: self.commands.clone(),
             done: false,
         })
+    }
+
+    /// Runs one throw-away forward pass on the engine thread so that the first request
+    /// pays no one-time costs; blocks until done and returns how long it took.
+    pub fn warmup(&self) -> anyhow::Result<Duration> {
+        let (tx, rx) = mpsc::channel();
+        self.commands
+            .send(Command::Warmup(tx))
+            .map_err(|_| anyhow::anyhow!("the engine has stopped"))?;
+        rx.recv()
+            .map_err(|_| anyhow::anyhow!("the engine stopped during warm-up"))?
+            .map_err(|e| anyhow::anyhow!("warm-up failed: {e}"))
     }
 
     /// The latest per-step snapshot.
@@ -156,7 +164,7 @@ impl EngineHandle {
 
     /// Requests accepted and not yet running.
     pub fn num_queued(&self) -> usize {
-        self.queued.get()
+        self.admission.num_queued()
     }
 }
 
@@ -185,6 +193,13 @@ impl RequestStream {
         let event = self.events.blocking_recv();
         self.done |= event.is_none();
         event
+    }
+
+    /// Ends the whole request now; no more events follow.
+    pub fn abort(&mut self) {
+        if !std::mem::replace(&mut self.done, true) {
+            let _ = self.commands.send(Command::Abort(self.id));
+        }
     }
 
     /// Ends choice `index` now (a stop string matched); its blocks are freed.

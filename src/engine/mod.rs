@@ -1,5 +1,6 @@
 //! The engine: request state, scheduling, batch preparation and the engine thread.
 
+pub mod admission;
 pub mod batch;
 pub mod core;
 pub mod handle;
@@ -7,6 +8,7 @@ pub mod sampling_params;
 pub mod scheduler;
 pub mod sequence;
 pub mod stats;
+pub mod timeline;
 
-pub use core::{start, EngineConfig, EngineInfo};
+pub use core::{start, start_with_metrics, EngineConfig, EngineInfo};
 pub use handle::{EngineEvent, EngineHandle, EngineRequest, RequestStream, SubmitError};

@@ -29,6 +29,14 @@ pub enum ModelSource {
 }
 
 impl ModelSource {
+    /// The source's kind, as `surge_model_info{source}` shows it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Local(_) => "local",
+            Self::Gguf(_) => "gguf",
+        }
+    }
+
     /// Classifies a `--model` argument that names something on local disk.
     pub fn parse(model: &str) -> Result<Self, LoadError> {
         let path = Path::new(model);

@@ -5,10 +5,14 @@ use std::sync::OnceLock;
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Result, Tensor};
 
-/// Decode batches of at least this many rows run quantized weights through an f32
-/// copy: candle's CPU quantized kernels cost the same per row at any batch size (Q4_1
-/// has no SIMD path at all), while a dense GEMM reuses each weight across rows, which
-/// is where batching gets its throughput. Prefill keeps the quantized kernels.
+use super::vec_dot_rounding;
+
+/// Batches of at least this many rows run quantized weights through an f32 copy:
+/// candle's CPU quantized kernels cost the same per row at any batch size (Q4_1 has no
+/// SIMD path at all), while a dense GEMM reuses each weight across rows, which is where
+/// batching and prefill get their throughput. The activations are rounded as the
+/// quantized kernel rounds them (see [`vec_dot_rounding`]), so both paths compute the
+/// same model. Below this, the quantized kernel reads 4–8× fewer weight bytes per row.
 const DENSE_FROM_ROWS: usize = 4;
 
 /// A bias-free projection `y = x · Wᵀ`, dense or quantized.
@@ -18,7 +22,7 @@ pub enum Linear {
     Dense(Tensor),
     Quantized {
         weight: QMatMul,
-        /// f32 `[out, in]`, made on the first large decode batch.
+        /// f32 `[out, in]`, made on the first batch of [`DENSE_FROM_ROWS`] rows.
         dense: OnceLock<Tensor>,
     },
 }
@@ -35,24 +39,22 @@ impl Linear {
         }
     }
 
-    /// `x`: `[num_tokens, in]` → `[num_tokens, out]`. `decode` says every row is a
-    /// different sequence's single new token (see [`DENSE_FROM_ROWS`]).
-    pub fn forward(&self, x: &Tensor, decode: bool) -> Result<Tensor> {
+    /// `x`: `[num_tokens, in]` → `[num_tokens, out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Dense(w) => x.matmul(&w.t()?),
-            Self::Quantized { weight, dense }
-                if decode && x.dim(0)? >= DENSE_FROM_ROWS && x.device().is_cpu() =>
-            {
+            Self::Quantized {
+                weight: QMatMul::QTensor(q),
+                dense,
+            } if x.dim(0)? >= DENSE_FROM_ROWS && x.device().is_cpu() => {
                 let w = match dense.get() {
                     Some(w) => w,
                     None => {
-                        let w = match weight {
-                            QMatMul::QTensor(q) => q.dequantize(&q.device())?,
-                            QMatMul::Tensor(w) | QMatMul::TensorF16(w) => w.to_dtype(DType::F32)?,
-                        };
+                        let w = q.dequantize(&q.device())?;
                         dense.get_or_init(|| w)
                     }
                 };
+                let x = vec_dot_rounding::round_activations(&x.to_dtype(DType::F32)?, q.dtype())?;
                 x.matmul(&w.t()?)
             }
             Self::Quantized { weight, .. } => weight.forward(x),

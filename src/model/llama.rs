@@ -114,11 +114,10 @@ impl Attention {
         c: &LlamaConfig,
     ) -> Result<Tensor> {
         let num_tokens = x.dim(0)?;
-        let decode = batch.is_decode_only();
         let heads = |t: Tensor, n: usize| t.reshape((num_tokens, n, c.head_dim));
-        let q = heads(self.q_proj.forward(x, decode)?, c.num_attention_heads)?;
-        let k = heads(self.k_proj.forward(x, decode)?, c.num_key_value_heads)?;
-        let v = heads(self.v_proj.forward(x, decode)?, c.num_key_value_heads)?;
+        let q = heads(self.q_proj.forward(x)?, c.num_attention_heads)?;
+        let k = heads(self.k_proj.forward(x)?, c.num_key_value_heads)?;
+        let v = heads(self.v_proj.forward(x)?, c.num_key_value_heads)?;
         let q = Rope::apply(&q, cos, sin)?;
         let k = Rope::apply(&k, cos, sin)?;
         let slots = &batch.attention.slot_mapping;
@@ -126,18 +125,15 @@ impl Attention {
         ops::reshape_and_cache(v_cache, &v.contiguous()?, slots)?;
         let scale = 1.0 / (c.head_dim as f32).sqrt();
         let attn = ops::paged_attention(&q, k_cache, v_cache, &batch.attention, scale)?;
-        self.o_proj.forward(
-            &attn.reshape((num_tokens, c.num_attention_heads * c.head_dim))?,
-            decode,
-        )
+        self.o_proj
+            .forward(&attn.reshape((num_tokens, c.num_attention_heads * c.head_dim))?)
     }
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor, decode: bool) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x, decode)?)?;
-        self.down_proj
-            .forward(&(gate * self.up_proj.forward(x, decode)?)?, decode)
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
     }
 }
 
@@ -148,7 +144,6 @@ impl CausalLm for Llama {
         let positions = Tensor::from_slice(&batch.positions, num_tokens, &self.device)?;
         let (cos, sin) = self.rope.cos_sin(&positions, self.dtype)?;
         let mut x = self.embed_tokens.index_select(&ids, 0)?;
-        let decode = batch.is_decode_only();
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(&x)?;
             let h =
@@ -158,7 +153,7 @@ impl CausalLm for Llama {
             x = (x + h)?;
             let h = layer
                 .mlp
-                .forward(&layer.post_attention_layernorm.forward(&x)?, decode)?;
+                .forward(&layer.post_attention_layernorm.forward(&x)?)?;
             x = (x + h)?;
         }
         let rows = Tensor::from_slice(
@@ -167,10 +162,7 @@ impl CausalLm for Llama {
             &self.device,
         )?;
         let x = self.norm.forward(&x.index_select(&rows, 0)?)?;
-        self.lm_head
-            .forward(&x, decode)?
-            .to_dtype(DType::F32)?
-            .contiguous()
+        self.lm_head.forward(&x)?.to_dtype(DType::F32)?.contiguous()
     }
 
     fn config(&self) -> &LlamaConfig {

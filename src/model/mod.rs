@@ -3,6 +3,7 @@
 pub mod layers;
 pub mod llama;
 pub mod rope;
+pub mod vec_dot_rounding;
 
 use candle_core::{Result, Tensor};
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Result, Tensor};
 
-use crate::engine::batch::BatchInputs;
+use crate::engine::batch::{BatchInputs, SeqChunk};
 use crate::kv_cache::{KvCache, KvCacheShape};
 use crate::loader::LoadedModel;
 use crate::model::CausalLm;
@@ -39,6 +39,29 @@ impl ModelRunner {
     /// f32 logits `[batch.logits_indices.len(), vocab_size]`.
     pub fn execute(&self, batch: &BatchInputs) -> Result<Tensor> {
         self.model.forward(batch, &self.cache)
+    }
+
+    /// One prefill of up to 32 tokens into the cache's first
+    /// blocks, logits discarded: it pays one-time costs (lazy weight copies, allocator
+    /// warm-up, kernel loading) before the first request. The blocks it writes are free,
+    /// and a sequence that later takes them overwrites them before reading.
+    pub fn warmup(&self) -> Result<()> {
+        let shape = self.cache.shape();
+        let capacity = shape.num_blocks * shape.block_size;
+        let len = 32.min(capacity).max(1);
+        let tokens: Vec<u32> = (0..len as u32).collect();
+        let blocks: Vec<u32> = (0..len.div_ceil(shape.block_size) as u32).collect();
+        let batch = BatchInputs::prepare(
+            &[SeqChunk {
+                tokens: &tokens,
+                num_computed: 0,
+                num_new: len,
+                block_table: &blocks,
+                wants_logits: true,
+            }],
+            shape.block_size,
+        );
+        self.execute(&batch).map(drop)
     }
 
     /// Copy-on-write block copies the scheduler asked for, before the next forward.

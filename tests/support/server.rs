@@ -31,6 +31,9 @@ const CLEARED_ENV: &[&str] = &[
     "SURGE_MAX_MODEL_LEN",
     "SURGE_MAX_NUM_SEQS",
     "SURGE_MAX_NUM_QUEUED_REQS",
+    "SURGE_MAX_NUM_QUEUED_TOKENS",
+    "SURGE_SHUTDOWN_TIMEOUT",
+    "SURGE_DEBUG_LOAD_DELAY_MS",
     "SURGE_KV_CACHE_MEMORY",
     "SURGE_LOG_FORMAT",
 ];
@@ -53,6 +56,14 @@ impl Server {
 
     /// As `start`, with extra environment variables for the child (e.g. `SURGE_API_KEY`).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut server = Self::spawn(args, env);
+        // A panic in here drops `server`, which kills the child and prints its log.
+        server.wait_health_ok(args);
+        server
+    }
+
+    /// Starts the server and waits only until it listens (the model may still load).
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
         let log_dir = tempfile::tempdir().unwrap();
         let log_path = log_dir.path().join("surge-serve.log");
         let log = File::create(&log_path).unwrap();
@@ -77,12 +88,11 @@ impl Server {
             _log_dir: log_dir,
             client: client(),
         };
-        // A panic in here drops `server`, which kills the child and prints its log.
-        server.wait_ready(args);
+        server.wait_listening(args);
         server
     }
 
-    fn wait_ready(&mut self, args: &[&str]) {
+    fn wait_listening(&mut self, args: &[&str]) {
         let deadline = Instant::now() + START_TIMEOUT;
         let addr = loop {
             if let Some(addr) = parse_listening(&self.log()) {
@@ -100,6 +110,12 @@ impl Server {
             "surge serve listens on {addr}, not on 127.0.0.1"
         );
         self.base_url = format!("http://{addr}");
+    }
+
+    /// Waits until GET /health answers 200.
+    pub fn wait_health_ok(&mut self, args: &[&str]) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let addr: SocketAddr = self.base_url["http://".len()..].parse().unwrap();
         loop {
             if raw_get_status(addr, "/health") == Some(200) {
                 return;
@@ -110,6 +126,29 @@ impl Server {
                 "GET /health of surge serve {args:?} did not answer 200 within {START_TIMEOUT:?}"
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends a signal (`TERM`, `INT`) to the server process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill -s {name} failed");
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status, or None if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
