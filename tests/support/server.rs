@@ -6,11 +6,41 @@ use std::net::{SocketAddr, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::header::HeaderMap;
 use serde_json::Value;
+
+/// Polls `cond` every 10 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The value of the first sample in a Prometheus exposition whose line starts with
+/// `series` (e.g. `surge_ready{`).
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// The `finish_reason`s in a stream's chunks, in order.
+pub fn finish_reasons(chunks: &[Value]) -> Vec<String> {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["finish_reason"].as_str().map(String::from))
+        .collect()
+}
 
 /// How long a server may take to load its model and answer /health.
 pub const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -68,8 +98,11 @@ impl Server {
         let log_path = log_dir.path().join("surge-serve.log");
         let log = File::create(&log_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_surge"));
-        cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"])
-            .args(args)
+        cmd.args(["serve", "--host", "127.0.0.1"]);
+        if !args.contains(&"--port") {
+            cmd.args(["--port", "0"]);
+        }
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -222,6 +255,36 @@ impl Server {
             .send()
             .unwrap_or_else(|e| panic!("POST {path} {body}: {e}"));
         SseStream::new(response, &format!("POST {path} {body}"))
+    }
+
+    /// POSTs a streaming request from a new thread, which returns every chunk (error
+    /// chunks included) once `[DONE]` arrives. `started` goes up by one when the first
+    /// chunk arrives.
+    pub fn stream_in_thread(
+        &self,
+        path: &str,
+        body: Value,
+        started: Arc<AtomicUsize>,
+    ) -> JoinHandle<Vec<Value>> {
+        let client = self.client.clone();
+        let url = self.url(path);
+        std::thread::spawn(move || {
+            let what = format!("POST {url} {body}");
+            let response = client
+                .post(&url)
+                .json(&body)
+                .send()
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let mut sse = SseStream::new(response, &what);
+            let mut chunks = Vec::new();
+            while let Some(chunk) = sse.next_chunk() {
+                if chunks.is_empty() {
+                    started.fetch_add(1, Ordering::SeqCst);
+                }
+                chunks.push(chunk);
+            }
+            chunks
+        })
     }
 
     /// POSTs a streaming request and reads it to `[DONE]`; panics on an error chunk.
