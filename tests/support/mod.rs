@@ -1,6 +1,7 @@
 //! Shared test fixtures: where the fetched models live, and a tiny random Llama 3.1.
 #![allow(dead_code)]
 
+pub mod prometheus;
 pub mod server;
 
 use std::collections::HashMap;
