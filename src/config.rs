@@ -4,7 +4,8 @@
 use clap::Args;
 
 use crate::engine::EngineConfig;
-use crate::loader::DTypeChoice;
+use crate::loader::hf_hub::HubSettings;
+use crate::loader::{DTypeChoice, FetchSettings};
 
 /// Which model, in which dtype, on which device.
 #[derive(Args, Debug, Clone)]
@@ -18,9 +19,89 @@ pub struct ModelArgs {
     /// auto | cpu | cuda[:N].
     #[arg(long, default_value = "auto", env = "SURGE_DEVICE")]
     pub device: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// How `oci://` models are pulled: registries, credentials, and the local cache.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RegistryArgs {
+    /// Speak plain HTTP to this registry (HOST:PORT); repeat or comma-separate for more.
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST:PORT",
+        value_delimiter = ',',
+        env = "SURGE_INSECURE_REGISTRY"
+    )]
+    pub insecure_registry: Vec<String>,
+    /// Registry credentials, docker config.json / podman auth.json format; default: podman's
+    /// auth.json, then $DOCKER_CONFIG/config.json or ~/.docker/config.json.
+    #[arg(long, value_name = "FILE", env = "REGISTRY_AUTH_FILE")]
+    pub registry_auth_file: Option<std::path::PathBuf>,
+    /// Where pulled images are cached (under oci/); default ~/.cache/surge.
+    #[arg(long, value_name = "DIR", env = "SURGE_CACHE")]
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// Image layers downloaded at once.
+    #[arg(long, default_value_t = crate::loader::oci::DEFAULT_CONCURRENT_DOWNLOADS, env = "SURGE_MAX_CONCURRENT_DOWNLOADS")]
+    pub max_concurrent_downloads: usize,
+}
+
+impl RegistryArgs {
+    /// Registries and the credential files to look in.
+    pub fn registry_options(&self) -> crate::loader::oci::RegistryOptions {
+        let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+        let mut defaults = Vec::new();
+        if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR") {
+            defaults.push(std::path::Path::new(&runtime).join("containers/auth.json"));
+        }
+        match std::env::var_os("DOCKER_CONFIG") {
+            Some(dir) => defaults.push(std::path::Path::new(&dir).join("config.json")),
+            None => defaults.extend(home.map(|h| h.join(".docker/config.json"))),
+        }
+        crate::loader::oci::RegistryOptions {
+            insecure_registries: self.insecure_registry.clone(),
+            auth: crate::loader::oci::AuthFiles {
+                explicit: self.registry_auth_file.clone(),
+                defaults,
+            },
+        }
+    }
+
+    /// Everything a pull needs; the progress bar only when stderr is a terminal.
+    pub fn pull_options(&self) -> crate::loader::oci::PullOptions {
+        let cache_dir = self.cache_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map_or_else(|| std::path::PathBuf::from("."), std::path::PathBuf::from)
+                .join(".cache/surge")
+        });
+        crate::loader::oci::PullOptions {
+            cache_dir,
+            registry: self.registry_options(),
+            max_concurrent_downloads: self.max_concurrent_downloads.max(1),
+            progress_bar: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        }
+    }
 }
 
 impl ModelArgs {
+    /// How to reach remote model sources, from the environment: `HF_HUB_OFFLINE` and
+    /// `HF_TOKEN` (hf-hub itself reads `HF_HOME` and `HF_ENDPOINT`).
+    pub fn fetch_settings(&self) -> FetchSettings {
+        let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        });
+        FetchSettings {
+            hub: HubSettings {
+                offline,
+                token: std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()),
+            },
+            oci: self.registry.pull_options(),
+        }
+    }
+
     /// `--model`, or the demo model when it is absent.
     pub fn model_or_demo(&self) -> anyhow::Result<String> {
         if let Some(model) = &self.model {

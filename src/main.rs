@@ -32,6 +32,10 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Wait until a server answers /health with 200 (e.g. while it scales from zero).
     WaitReady(cli::wait_ready::WaitReadyArgs),
+    /// Pull an oci:// model image into the cache and print its local dir.
+    Pull(cli::pull::PullArgs),
+    /// Build and push ModelCar images (a model under /models) without a container engine.
+    Modelcar(cli::modelcar::ModelCarArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +56,8 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => cli::serve::run(args),
         Command::Generate(args) => cli::generate::run(args),
         Command::WaitReady(args) => cli::wait_ready::run(args),
+        Command::Pull(args) => cli::pull::run(args),
+        Command::Modelcar(args) => cli::modelcar::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

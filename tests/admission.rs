@@ -24,6 +24,8 @@ fn start(extra: &[&str]) -> Server {
         "256MiB",
         "--max-num-seqs",
         "1",
+        // The reference run must not seed a prefix cache the compared run then reads.
+        "--no-enable-prefix-caching",
     ];
     args.extend_from_slice(extra);
     Server::start(&args)

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,15 +11,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::server::{assert_openai_error, finish_reasons, metric_value, wait_until, Server};
-
-/// A port nothing listens on (bound, read, released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn tiny_args(tiny: &std::path::Path) -> Vec<String> {
     [
@@ -136,7 +126,7 @@ fn wait_ready(url: &str, timeout: &str) -> Command {
 #[test]
 fn wait_ready_polls_through_refusals_and_503s_until_ready() {
     let tiny = support::tiny_llama();
-    let port = free_port();
+    let port = support::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut waiter = wait_ready(&url, "120s").spawn().unwrap();
     std::thread::sleep(Duration::from_millis(800));
@@ -172,7 +162,7 @@ fn wait_ready_polls_through_refusals_and_503s_until_ready() {
 
 #[test]
 fn wait_ready_gives_up_with_a_clear_message() {
-    let url = format!("http://127.0.0.1:{}/", free_port());
+    let url = format!("http://127.0.0.1:{}/", support::free_port());
     let started = Instant::now();
     let out = wait_ready(&url, "1s").output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

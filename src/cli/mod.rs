@@ -1,5 +1,7 @@
 //! One module per subcommand: argument structs and their `run`.
 
 pub mod generate;
+pub mod modelcar;
+pub mod pull;
 pub mod serve;
 pub mod wait_ready;

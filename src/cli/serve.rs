@@ -39,12 +39,30 @@ pub struct ServeArgs {
     /// are cut; 0 cuts them at once.
     #[arg(long, default_value_t = 30, env = "SURGE_SHUTDOWN_TIMEOUT")]
     shutdown_timeout: u64,
+    /// How long to wait for an absolute --model path to appear (e.g. 5m): KServe's
+    /// ModelCar sidecar links /mnt/models only once it runs (MODEL_INIT_MODE=async).
+    /// 0 fails at once when the path is missing.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, env = "SURGE_MODEL_WAIT_TIMEOUT")]
+    model_wait_timeout: Duration,
+    /// Parse and check the flags, print them and exit without serving: checks a
+    /// deployment's args (deploy/README.md).
+    #[arg(long, hide = true)]
+    check_args: bool,
     /// Testing aid: stay this many milliseconds longer in the load phase.
     #[arg(long, hide = true, env = "SURGE_DEBUG_LOAD_DELAY_MS")]
     debug_load_delay_ms: Option<u64>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if args.check_args {
+        args.engine.engine_config()?;
+        let shown = ServeArgs {
+            api_key: args.api_key.as_ref().map(|_| "<redacted>".to_string()),
+            ..args
+        };
+        println!("{shown:#?}");
+        return Ok(());
+    }
     let model = args.model.model_or_demo()?;
     let served_model_name = args
         .served_model_name
@@ -56,7 +74,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let mut signals = shutdown::Signals::new()?;
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
             .await
@@ -76,6 +94,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             model_args: args.model.clone(),
             engine_config: args.engine.engine_config()?,
             load_delay: args.debug_load_delay_ms.map(Duration::from_millis),
+            model_wait_timeout: args.model_wait_timeout,
         };
         let loading = tokio::task::spawn_blocking({
             let state = state.clone();
@@ -102,7 +121,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         tracing::info!("shut down");
         anyhow::Ok(())
-    })
+    });
+    // A signal during start-up leaves the loading thread running (a model wait or a
+    // weight load cannot be interrupted): exit without joining it.
+    runtime.shutdown_background();
+    served
 }
 
 fn default_name(model: &str) -> String {

@@ -6,8 +6,14 @@ use std::path::PathBuf;
 pub enum LoadError {
     #[error("model file not found: {0}")]
     MissingFile(PathBuf),
-    #[error("`{0}` is neither a model directory nor a .gguf file")]
+    #[error("`{0}` is neither a model directory, a .gguf file, nor a Hugging Face hub id (org/name[@revision])")]
     UnknownSource(String),
+    #[error("Hugging Face hub: {0}")]
+    Hub(String),
+    #[error(transparent)]
+    Oci(#[from] super::oci::OciError),
+    #[error("{0} is remote: fetch it (ModelSource::fetch) before loading")]
+    NotFetched(String),
     #[error("{file}: cannot read: {source}")]
     Io {
         file: PathBuf,

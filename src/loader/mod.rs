@@ -4,6 +4,9 @@ pub mod error;
 pub mod gguf;
 pub mod hf_config;
 pub mod hf_dir;
+pub mod hf_hub;
+pub mod oci;
+pub mod wait_for_model;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +29,10 @@ pub enum ModelSource {
     Local(PathBuf),
     /// A single GGUF file.
     Gguf(PathBuf),
+    /// `org/name[@revision]` on the Hugging Face hub.
+    HfHub(hf_hub::HubModel),
+    /// `oci://host[:port]/repo:tag` or `@sha256:…`: a ModelCar image.
+    Oci(oci::OciReference),
 }
 
 impl ModelSource {
@@ -34,11 +41,26 @@ impl ModelSource {
         match self {
             Self::Local(_) => "local",
             Self::Gguf(_) => "gguf",
+            Self::HfHub(_) => "hf",
+            Self::Oci(_) => "oci",
         }
     }
 
-    /// Classifies a `--model` argument that names something on local disk.
+    /// Fetches a remote source into its cache and returns the local source to load;
+    /// a local source is returned as it is.
+    pub fn fetch(&self, settings: &FetchSettings) -> Result<ModelSource, LoadError> {
+        match self {
+            Self::HfHub(model) => Ok(Self::Local(hf_hub::fetch(model, &settings.hub)?)),
+            Self::Oci(image) => Ok(Self::Local(oci::pull_blocking(image, &settings.oci)?.dir)),
+            local => Ok(local.clone()),
+        }
+    }
+
+    /// Classifies a `--model` argument: a directory, a .gguf file, or a hub id.
     pub fn parse(model: &str) -> Result<Self, LoadError> {
+        if model.starts_with(oci::reference::SCHEME) {
+            return Ok(Self::Oci(oci::OciReference::parse(model)?));
+        }
         let path = Path::new(model);
         if path
             .extension()
@@ -52,8 +74,18 @@ impl ModelSource {
         if path.is_dir() {
             return Ok(Self::Local(path.to_path_buf()));
         }
+        if let Some(hub) = hf_hub::HubModel::parse(model) {
+            return Ok(Self::HfHub(hub));
+        }
         Err(LoadError::UnknownSource(model.to_string()))
     }
+}
+
+/// How remote sources are reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetchSettings {
+    pub hub: hf_hub::HubSettings,
+    pub oci: oci::PullOptions,
 }
 
 /// Everything the runner and the frontend need from a model source.
@@ -76,6 +108,7 @@ pub fn load(
     let (config, weights, tokenizer) = match source {
         ModelSource::Local(dir) => hf_dir::load(dir, dtype, device)?,
         ModelSource::Gguf(file) => gguf::load(file, dtype, device)?,
+        remote => return Err(LoadError::NotFetched(format!("{remote:?}"))),
     };
     let model = Llama::load(&config, &weights)?;
     Ok(LoadedModel {

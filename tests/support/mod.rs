@@ -1,7 +1,9 @@
 //! Shared test fixtures: where the fetched models live, and a tiny random Llama 3.1.
 #![allow(dead_code)]
 
+pub mod deploy;
 pub mod prometheus;
+pub mod registry;
 pub mod server;
 
 use std::collections::HashMap;
@@ -9,6 +11,14 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("cannot bind 127.0.0.1:0")
+        .port()
+}
 
 /// The fetched model cache (`tests/support/fetch-models.sh`).
 pub fn model_cache() -> PathBuf {

@@ -3,7 +3,6 @@
 //! blocking PromQL client.
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,14 +38,6 @@ pub fn binary() -> PathBuf {
     );
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("cannot bind 127.0.0.1:0")
-        .port()
-}
-
 /// A running Prometheus, killed on drop; its log is printed when the test panics.
 pub struct Prometheus {
     child: Child,
@@ -76,7 +67,7 @@ impl Prometheus {
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("prometheus.log");
         let log = File::create(&log_path).unwrap();
-        let listen = format!("127.0.0.1:{}", free_port());
+        let listen = format!("127.0.0.1:{}", super::free_port());
         let child = Command::new(&binary)
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!(

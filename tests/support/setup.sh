@@ -5,6 +5,10 @@
 #
 # 1. Installs the Debian packages the tests run as real servers, when missing:
 #      prometheus   /usr/bin/prometheus, scraped by tests/metrics_prometheus.rs
+#      docker-registry  /usr/bin/docker-registry (CNCF distribution), the registry of
+#                       tests/oci_*.rs
+#      skopeo       /usr/bin/skopeo, to copy ModelCar images by hand (and for the pull
+#                   benchmark against surge pull)
 #    The tests start their own instances on 127.0.0.1; no system service is started (a
 #    service the package's postinst starts anyway is stopped again).
 # 2. Fetches the real-model fixtures: tests/support/fetch-models.sh.
@@ -19,6 +23,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # Debian package → a file it installs that proves it is there.
 PACKAGES=(
     "prometheus:/usr/bin/prometheus"
+    "docker-registry:/usr/bin/docker-registry"
+    "skopeo:/usr/bin/skopeo"
 )
 
 log() { echo "setup: $*" >&2; }

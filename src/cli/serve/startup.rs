@@ -10,6 +10,7 @@ use surge::config::ModelArgs;
 use surge::engine::{self, EngineConfig};
 use surge::frontend::chat_template::ChatTemplate;
 use surge::frontend::validate::{Validator, ValidatorConfig};
+use surge::loader::wait_for_model::wait_for_model;
 use surge::loader::{self, ModelSource};
 use surge::metrics::CacheInfo;
 use surge::runner::select_device;
@@ -21,6 +22,8 @@ pub struct Plan {
     pub engine_config: EngineConfig,
     /// Testing aid: extra time in the load phase.
     pub load_delay: Option<Duration>,
+    /// How long an absolute model path may take to appear (0: not waited for).
+    pub model_wait_timeout: Duration,
 }
 
 /// Runs every phase; on success the state serves the model.
@@ -37,7 +40,14 @@ pub fn load(plan: &Plan, state: &AppState) -> anyhow::Result<()> {
 
     state.lifecycle.loading(Phase::Pull);
     let started = Instant::now();
+    let local = std::path::Path::new(&plan.model);
+    if local.is_absolute() && !plan.model_wait_timeout.is_zero() {
+        let waited = wait_for_model(local, plan.model_wait_timeout)?;
+        tracing::info!(path = %local.display(), waited_s = waited.as_secs_f64(), "model path present");
+    }
     let source = ModelSource::parse(&plan.model)?;
+    let kind = source.kind();
+    let source = source.fetch(&plan.model_args.fetch_settings())?;
     let pull = timed(Phase::Pull, started);
 
     state.lifecycle.loading(Phase::Load);
@@ -59,7 +69,7 @@ pub fn load(plan: &Plan, state: &AppState) -> anyhow::Result<()> {
             cache_dtype: dtype.clone(),
             max_model_len,
         },
-        (source.kind(), &dtype, &device_name(&loaded.device)),
+        (kind, &dtype, &device_name(&loaded.device)),
     )?;
     let chat_template = match loaded.tokenizer.chat_template() {
         Some(source) => Some(ChatTemplate::new(

@@ -1,0 +1,249 @@
+//! ModelCar OCI images as a model source: pull `oci://host/repo:tag` (or `@sha256:…`)
+//! into the content-addressed cache and hand back a local model dir; and write ModelCar
+//! images from a local dir (`writer`).
+
+pub mod auth;
+pub mod cache;
+pub mod download;
+pub mod error;
+pub mod progress;
+pub mod reference;
+pub mod registry;
+pub mod unpack;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use oci_client::RegistryOperation;
+
+pub use auth::AuthFiles;
+pub use error::OciError;
+pub use reference::OciReference;
+
+use cache::Cache;
+use download::digest_hex;
+use progress::Progress;
+use registry::Registry;
+
+/// How to reach registries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryOptions {
+    /// `host:port`s spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    pub auth: AuthFiles,
+}
+
+/// Where and how to pull.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullOptions {
+    /// `$SURGE_CACHE`; images go to `oci/sha256/<manifest hex>/` under it.
+    pub cache_dir: PathBuf,
+    pub registry: RegistryOptions,
+    /// Layers downloaded at once.
+    pub max_concurrent_downloads: usize,
+    /// Draw a progress bar (stderr is a terminal) instead of periodic log lines.
+    pub progress_bar: bool,
+}
+
+/// Layers downloaded at once unless told otherwise.
+pub const DEFAULT_CONCURRENT_DOWNLOADS: usize = 4;
+
+impl Default for PullOptions {
+    /// The cache dir is left empty: the caller (config) knows `$SURGE_CACHE` and `$HOME`.
+    fn default() -> Self {
+        Self {
+            cache_dir: PathBuf::new(),
+            registry: RegistryOptions::default(),
+            max_concurrent_downloads: DEFAULT_CONCURRENT_DOWNLOADS,
+            progress_bar: false,
+        }
+    }
+}
+
+/// A pulled image.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// The model dir (the image's /models).
+    pub dir: PathBuf,
+    /// The platform manifest's digest: the cache key.
+    pub digest: String,
+    /// Whether the cache already had it (no blob was fetched).
+    pub cached: bool,
+}
+
+/// Pulls `image` unless the cache has its manifest digest already.
+pub async fn pull(image: &OciReference, options: &PullOptions) -> Result<Pulled, OciError> {
+    let registry = Registry::connect(image, &options.registry, false)?;
+    registry.login(RegistryOperation::Pull).await?;
+    let resolved = registry.resolve().await?;
+    let reference = image.to_string();
+    let hex = digest_hex(&resolved.digest)
+        .ok_or_else(|| OciError::Unsupported {
+            reference: reference.clone(),
+            message: format!("manifest digest `{}` is not sha256", resolved.digest),
+        })?
+        .to_string();
+    let cache = Cache::new(&options.cache_dir);
+    let found = |dir: PathBuf| Pulled {
+        dir,
+        digest: resolved.digest.clone(),
+        cached: true,
+    };
+    if cache.model_dir(&hex).is_dir() {
+        tracing::info!(image = %image, digest = %resolved.digest, "image already in the cache");
+        return Ok(found(cache.model_dir(&hex)));
+    }
+    let _lock = {
+        let (cache, hex) = (Cache::new(&options.cache_dir), hex.clone());
+        tokio::task::spawn_blocking(move || cache.lock(&hex))
+            .await
+            .expect("the lock task panicked")?
+    };
+    if cache.model_dir(&hex).is_dir() {
+        tracing::info!(image = %image, "another process pulled the image meanwhile");
+        return Ok(found(cache.model_dir(&hex)));
+    }
+
+    let work = cache.work_dir(&hex);
+    let blobs = work.join("blobs");
+    let unpacked = work.join("unpacked");
+    remove_dir_if_exists(&unpacked)?;
+    std::fs::create_dir_all(&blobs).map_err(|e| OciError::io(&blobs, e))?;
+    std::fs::create_dir_all(&unpacked).map_err(|e| OciError::io(&unpacked, e))?;
+
+    let layers = &resolved.manifest.layers;
+    let total: u64 = layers.iter().map(|l| l.size.max(0) as u64).sum();
+    tracing::info!(
+        image = %image,
+        digest = %resolved.digest,
+        layers = layers.len(),
+        bytes = total,
+        "pulling"
+    );
+    let progress = Progress::new(&reference, total, options.progress_bar);
+    let logger = progress.spawn_logger();
+    let applied =
+        download_and_unpack(&registry, options, &blobs, &unpacked, layers, &progress).await;
+    if let Some(logger) = logger {
+        logger.abort();
+    }
+    if let Err(e) = applied {
+        // A cut download is worth resuming next time; a bad blob or layer is not.
+        if !matches!(e, OciError::Transient { .. } | OciError::DiskFull(_)) {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        return Err(e);
+    }
+    progress.finish();
+    let empty = std::fs::read_dir(&unpacked)
+        .map_err(|e| OciError::io(&unpacked, e))?
+        .next()
+        .is_none();
+    if empty {
+        let _ = std::fs::remove_dir_all(&work);
+        return Err(OciError::NoModelFiles { reference });
+    }
+    let dir = cache.publish(&unpacked, &hex)?;
+    let _ = std::fs::remove_dir_all(&work);
+    tracing::info!(image = %image, dir = %dir.display(), "image pulled");
+    Ok(Pulled {
+        dir,
+        digest: resolved.digest,
+        cached: false,
+    })
+}
+
+/// Downloads the layers (several at once) and applies each, in order, as soon as it and
+/// the layers below it are in: unpacking overlaps the downloads still running.
+async fn download_and_unpack(
+    registry: &Registry,
+    options: &PullOptions,
+    blobs: &Path,
+    unpacked: &Path,
+    resolved_layers: &[oci_client::manifest::OciDescriptor],
+    progress: &Progress,
+) -> Result<(), OciError> {
+    let layers = resolved_layers.to_vec();
+    let (done, mut ready) = tokio::sync::mpsc::channel(layers.len().max(1));
+    let downloads = {
+        let (registry, layers, blobs, progress) = (
+            registry.clone(),
+            layers.clone(),
+            blobs.to_path_buf(),
+            progress.clone(),
+        );
+        let concurrency = options.max_concurrent_downloads.max(1);
+        tokio::spawn(async move {
+            let mut fetched = futures::stream::iter(layers)
+                .map(|layer| {
+                    let (registry, blobs, progress) =
+                        (registry.clone(), blobs.clone(), progress.clone());
+                    async move { download::fetch_blob(&registry, &layer, &blobs, &progress).await }
+                })
+                .buffered(concurrency);
+            while let Some(result) = fetched.next().await {
+                let failed = result.is_err();
+                if done.send(result).await.is_err() || failed {
+                    return;
+                }
+            }
+        })
+    };
+    let reference = registry.image.to_string();
+    let mut outcome = Ok(());
+    for layer in &layers {
+        let blob = match ready.recv().await {
+            Some(Ok(blob)) => blob,
+            Some(Err(e)) => {
+                outcome = Err(e);
+                break;
+            }
+            None => panic!("the download task ended early"),
+        };
+        let (reference, digest, unpacked) = (
+            reference.clone(),
+            layer.digest.clone(),
+            unpacked.to_path_buf(),
+        );
+        let applied = tokio::task::spawn_blocking(move || {
+            let layer = unpack::Layer {
+                reference: &reference,
+                digest: &digest,
+                blob: &blob,
+            };
+            unpack::unpack_layer(&layer, &unpacked)?;
+            // The layer is applied: its blob is no longer needed.
+            let _ = std::fs::remove_file(&blob);
+            Ok(())
+        })
+        .await
+        .expect("the unpack task panicked");
+        if let Err(e) = applied {
+            outcome = Err(e);
+            break;
+        }
+    }
+    downloads.abort();
+    let _ = downloads.await;
+    outcome
+}
+
+/// [`pull`] from synchronous code (on a runtime's blocking thread, or with no runtime).
+pub fn pull_blocking(image: &OciReference, options: &PullOptions) -> Result<Pulled, OciError> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle.block_on(pull(image, options)),
+        Err(_) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| OciError::io("tokio runtime", e))?
+            .block_on(pull(image, options)),
+    }
+}
+
+fn remove_dir_if_exists(path: &Path) -> Result<(), OciError> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(OciError::io(path, e)),
+        _ => Ok(()),
+    }
+}
