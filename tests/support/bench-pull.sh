@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# ModelCar pull speed: a multi-layer image of SIZE_MIB MiB of random "weights" on a local
+# CNCF distribution registry (Debian docker-registry, 127.0.0.1), pulled by `surge pull`
+# into an empty cache and copied by `skopeo copy docker://… dir:…` in the same run, for
+# each layer compression. Prints both times and their ratio.
+# Usage: bench-pull.sh [SIZE_MIB] [LAYERS] [COMPRESSIONS...]   (default: 1024 4 gzip none)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+surge=${SURGE_BIN:-$root/target/release/surge}
+size=${1:-1024}
+layers=${2:-4}
+shift $(( $# > 2 ? 2 : $# ))
+compressions=("${@:-gzip none}")
+[ -x "$surge" ] || (cd "$root" && cargo build --release)
+work=$(mktemp -d)
+registry_pid=
+trap '[ -n "$registry_pid" ] && kill "$registry_pid"; rm -rf "$work"' EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat > "$work/registry.yml" <<YML
+version: 0.1
+log:
+  level: error
+storage:
+  filesystem:
+    rootdirectory: $work/storage
+http:
+  addr: 127.0.0.1:$port
+YML
+/usr/bin/docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
+registry_pid=$!
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/v2/" > /dev/null && break; sleep 0.1; done
+# A model dir: config and tokenizer files plus LAYERS weight shards of random bytes.
+mkdir -p "$work/model"
+echo '{"architectures": ["LlamaForCausalLM"]}' > "$work/model/config.json"
+for i in $(seq 1 "$layers"); do
+  head -c $(( size * 1024 * 1024 / layers )) /dev/urandom > "$work/model/model-0000$i.safetensors"
+done
+for c in ${compressions[*]}; do
+  image="127.0.0.1:$port/bench/model:$c"
+  "$surge" modelcar build "$work/model" --push "oci://$image" --layers "$layers" \
+    --compression "$c" --insecure-registry "127.0.0.1:$port" > /dev/null 2>&1
+  rm -rf "$work/cache" "$work/skopeo"
+  start=$(date +%s.%N)
+  "$surge" pull "oci://$image" --insecure-registry "127.0.0.1:$port" --cache-dir "$work/cache" > /dev/null 2>&1
+  surge_s=$(echo "$(date +%s.%N) - $start" | bc)
+  start=$(date +%s.%N)
+  skopeo copy --src-tls-verify=false "docker://$image" "dir:$work/skopeo" > /dev/null
+  skopeo_s=$(echo "$(date +%s.%N) - $start" | bc)
+  printf '%-5s %5d MiB %d layers   surge pull %6.2f s   skopeo copy %6.2f s   skopeo/surge %.2fx\n' \
+    "$c" "$size" "$layers" "$surge_s" "$skopeo_s" "$(echo "$skopeo_s / $surge_s" | bc -l)"
+done
