@@ -143,16 +143,12 @@ impl Prometheus {
 
     /// Everything Prometheus logged so far.
     pub fn log(&self) -> String {
-        std::fs::read(&self.log_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        super::read_log(&self.log_path)
     }
 
     /// The last lines of the log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
+        super::last_lines(&self.log(), 60)
     }
 
     /// Evaluates an instant PromQL query now: the value of its only sample, `None` when

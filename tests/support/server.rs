@@ -216,16 +216,12 @@ impl Server {
 
     /// Everything the server wrote to stdout and stderr so far.
     pub fn log(&self) -> String {
-        std::fs::read(&self.log_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        super::read_log(&self.log_path)
     }
 
     /// The last lines of the log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(150)..].join("\n")
+        super::last_lines(&self.log(), 150)
     }
 
     pub fn get(&self, path: &str) -> Reply {
