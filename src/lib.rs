@@ -1,6 +1,7 @@
 //! surge: a vLLM-style LLM inference server for Llama 3.x.
 
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod frontend;
