@@ -4,8 +4,10 @@
 
 pub mod auth;
 pub mod cache;
+pub mod chunks;
 pub mod download;
 pub mod error;
+pub mod merge;
 pub mod progress;
 pub mod reference;
 pub mod registry;
@@ -13,6 +15,7 @@ pub mod unpack;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use oci_client::RegistryOperation;
@@ -106,10 +109,9 @@ pub async fn pull(image: &OciReference, options: &PullOptions) -> Result<Pulled,
     }
 
     let work = cache.work_dir(&hex);
-    let blobs = work.join("blobs");
+    let staging = work.join("layers");
     let unpacked = work.join("unpacked");
     remove_dir_if_exists(&unpacked)?;
-    std::fs::create_dir_all(&blobs).map_err(|e| OciError::io(&blobs, e))?;
     std::fs::create_dir_all(&unpacked).map_err(|e| OciError::io(&unpacked, e))?;
 
     let layers = &resolved.manifest.layers;
@@ -124,15 +126,12 @@ pub async fn pull(image: &OciReference, options: &PullOptions) -> Result<Pulled,
     let progress = Progress::new(&reference, total, options.progress_bar);
     let logger = progress.spawn_logger();
     let applied =
-        download_and_unpack(&registry, options, &blobs, &unpacked, layers, &progress).await;
+        download_and_unpack(&registry, options, &staging, &unpacked, layers, &progress).await;
     if let Some(logger) = logger {
         logger.abort();
     }
     if let Err(e) = applied {
-        // A cut download is worth resuming next time; a bad blob or layer is not.
-        if !matches!(e, OciError::Transient { .. } | OciError::DiskFull(_)) {
-            let _ = std::fs::remove_dir_all(&work);
-        }
+        let _ = std::fs::remove_dir_all(&work);
         return Err(e);
     }
     progress.finish();
@@ -154,79 +153,102 @@ pub async fn pull(image: &OciReference, options: &PullOptions) -> Result<Pulled,
     })
 }
 
-/// Downloads the layers (several at once) and applies each, in order, as soon as it and
-/// the layers below it are in: unpacking overlaps the downloads still running.
+/// Downloads the layers (several at once), each unpacked into its own staging dir while
+/// it streams in, and stacks them in order as soon as each and those below it are in.
 async fn download_and_unpack(
     registry: &Registry,
     options: &PullOptions,
-    blobs: &Path,
+    staging: &Path,
     unpacked: &Path,
-    resolved_layers: &[oci_client::manifest::OciDescriptor],
+    layers: &[oci_client::manifest::OciDescriptor],
     progress: &Progress,
 ) -> Result<(), OciError> {
-    let layers = resolved_layers.to_vec();
-    let (done, mut ready) = tokio::sync::mpsc::channel(layers.len().max(1));
-    let downloads = {
-        let (registry, layers, blobs, progress) = (
-            registry.clone(),
-            layers.clone(),
-            blobs.to_path_buf(),
-            progress.clone(),
-        );
-        let concurrency = options.max_concurrent_downloads.max(1);
-        tokio::spawn(async move {
-            let mut fetched = futures::stream::iter(layers)
-                .map(|layer| {
-                    let (registry, blobs, progress) =
-                        (registry.clone(), blobs.clone(), progress.clone());
-                    async move { download::fetch_blob(&registry, &layer, &blobs, &progress).await }
-                })
-                .buffered(concurrency);
-            while let Some(result) = fetched.next().await {
-                let failed = result.is_err();
-                if done.send(result).await.is_err() || failed {
-                    return;
-                }
+    remove_dir_if_exists(staging)?;
+    let reference = registry.image.to_string();
+    // Each unpacker holds a read guard: after a failure, taking the write lock waits until
+    // every unpacker has stopped writing (dropping a download ends its unpacker's input).
+    let unpackers = Arc::new(tokio::sync::RwLock::new(()));
+    let mut staged = futures::stream::iter(layers.iter().enumerate())
+        .map(|(index, layer)| {
+            let dir = staging.join(index.to_string());
+            let running = unpackers.clone();
+            async move {
+                let guard = running.read_owned().await;
+                fetch_and_unpack(registry, layer, dir, progress, guard).await
             }
         })
-    };
-    let reference = registry.image.to_string();
-    let mut outcome = Ok(());
-    for layer in &layers {
-        let blob = match ready.recv().await {
-            Some(Ok(blob)) => blob,
-            Some(Err(e)) => {
-                outcome = Err(e);
-                break;
-            }
-            None => panic!("the download task ended early"),
-        };
+        .buffered(options.max_concurrent_downloads.max(1));
+    let outcome = stack_in_order(&reference, layers, &mut staged, unpacked).await;
+    drop(staged);
+    let _stopped = unpackers.write().await;
+    outcome
+}
+
+/// Stacks the layers that `staged` yields, in order, onto `unpacked`.
+async fn stack_in_order(
+    reference: &str,
+    layers: &[oci_client::manifest::OciDescriptor],
+    staged: &mut (impl futures::Stream<Item = Result<unpack::Staged, OciError>> + Unpin),
+    unpacked: &Path,
+) -> Result<(), OciError> {
+    for layer in layers {
+        let next = staged.next().await.expect("one result per layer")?;
         let (reference, digest, unpacked) = (
-            reference.clone(),
+            reference.to_string(),
             layer.digest.clone(),
             unpacked.to_path_buf(),
         );
-        let applied = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let layer = unpack::Layer {
                 reference: &reference,
                 digest: &digest,
-                blob: &blob,
             };
-            unpack::unpack_layer(&layer, &unpacked)?;
-            // The layer is applied: its blob is no longer needed.
-            let _ = std::fs::remove_file(&blob);
-            Ok(())
+            merge::stack(&layer, &next, &unpacked)
         })
         .await
-        .expect("the unpack task panicked");
-        if let Err(e) = applied {
-            outcome = Err(e);
-            break;
-        }
+        .expect("the stacking task panicked")?;
     }
-    downloads.abort();
-    let _ = downloads.await;
-    outcome
+    Ok(())
+}
+
+/// One layer: its download and its unpacking into `staging`, side by side. The layer
+/// counts only when both succeed (the digest is checked at the end of the download).
+async fn fetch_and_unpack(
+    registry: &Registry,
+    layer: &oci_client::manifest::OciDescriptor,
+    staging: PathBuf,
+    progress: &Progress,
+    running: tokio::sync::OwnedRwLockReadGuard<()>,
+) -> Result<unpack::Staged, OciError> {
+    let (sink, mut source) = chunks::channel();
+    let (reference, digest) = (registry.image.to_string(), layer.digest.clone());
+    let mut unpacking = tokio::task::spawn_blocking(move || {
+        let _running = running;
+        let layer = unpack::Layer {
+            reference: &reference,
+            digest: &digest,
+        };
+        let encoding = unpack::Encoding::sniff(source.peek(unpack::Encoding::MAGIC_LEN));
+        unpack::unpack_layer(&layer, encoding, source, &staging)
+    });
+    let fetching = download::fetch_blob(registry, layer, progress, sink);
+    tokio::pin!(fetching);
+    let staged = tokio::select! {
+        fetched = &mut fetching => {
+            // On a failed download the unpacker sees the stream end; wait for it to stop
+            // writing before the caller removes its dir.
+            let staged = (&mut unpacking).await.expect("the unpack task panicked");
+            fetched?;
+            staged?
+        }
+        staged = &mut unpacking => {
+            // A bad layer stops its download at once; a good one lets it finish.
+            let staged = staged.expect("the unpack task panicked")?;
+            fetching.await?;
+            staged
+        }
+    };
+    Ok(staged)
 }
 
 /// [`pull`] from synchronous code (on a runtime's blocking thread, or with no runtime).

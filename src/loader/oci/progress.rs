@@ -55,14 +55,6 @@ impl Progress {
         }
     }
 
-    /// Takes back bytes that have to be downloaded again.
-    pub fn sub(&self, n: u64) {
-        self.inner.done.fetch_sub(n, Ordering::Relaxed);
-        if let Some(bar) = &self.inner.bar {
-            bar.set_position(self.inner.done.load(Ordering::Relaxed));
-        }
-    }
-
     /// Logs progress every few seconds until the returned guard is dropped (no-op with a bar).
     pub fn spawn_logger(&self) -> Option<tokio::task::JoinHandle<()>> {
         if self.inner.bar.is_some() {

@@ -1,10 +1,11 @@
-//! Unpacks one tar layer (gzip, zstd or uncompressed: the magic bytes decide) into the
-//! model dir: only entries under `models/` are kept, OCI whiteouts are applied, and
+//! Unpacks one tar layer (gzip, zstd or uncompressed: the magic bytes decide) into a
+//! staging dir of its own, while it downloads: only entries under `models/` are kept, and
 //! anything that could write or point outside the dir (`..`, absolute paths, links out of
-//! /models, writes through symlinks, device files) is refused with the entry's name.
+//! /models, writes through symlinks, device files) is refused with the entry's name. What
+//! acts on lower layers (whiteouts, hard links to their files) is recorded in [`Staged`]
+//! and done by [`super::merge`] when the layers are stacked in order.
 
-use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, Read};
 use std::path::{Component, Path, PathBuf};
 
 use super::error::{is_disk_full, OciError};
@@ -14,35 +15,78 @@ pub const MODELS_DIR: &str = "models";
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 
-/// One downloaded, verified layer blob.
+/// Which layer is being unpacked, for errors.
 pub struct Layer<'a> {
     pub reference: &'a str,
     pub digest: &'a str,
-    pub blob: &'a Path,
 }
 
-/// Applies `layer` on top of `root` (the image's /models so far).
-pub fn unpack_layer(layer: &Layer, root: &Path) -> Result<(), OciError> {
-    let file = std::fs::File::open(layer.blob).map_err(|e| OciError::io(layer.blob, e))?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let magic = reader
-        .fill_buf()
-        .map_err(|e| OciError::io(layer.blob, e))?
-        .to_vec();
-    let decoded: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::bufread::MultiGzDecoder::new(reader))
-    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(
+/// A layer's compression, told by the first bytes of its blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Gzip,
+    Zstd,
+    Plain,
+}
+
+impl Encoding {
+    /// Magic bytes to read before deciding.
+    pub const MAGIC_LEN: usize = 4;
+
+    pub fn sniff(magic: &[u8]) -> Self {
+        if magic.starts_with(&[0x1f, 0x8b]) {
+            Self::Gzip
+        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Self::Zstd
+        } else {
+            Self::Plain
+        }
+    }
+}
+
+/// One layer unpacked into its own dir, with what it does to the layers below it.
+#[derive(Debug)]
+pub struct Staged {
+    pub dir: PathBuf,
+    /// In tar order.
+    pub below: Vec<Below>,
+}
+
+/// What a layer does to the layers below it, applied when it is stacked on them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Below {
+    /// `.wh.<name>`: hide `path`.
+    Whiteout { path: PathBuf, entry: String },
+    /// `.wh..wh..opq`: hide everything in `dir`.
+    Opaque { dir: PathBuf, entry: String },
+    /// A hard link to a file of a lower layer.
+    HardLink {
+        path: PathBuf,
+        source: PathBuf,
+        entry: String,
+    },
+}
+
+/// Unpacks the tar stream `reader` (compressed as `encoding`) into `staging`.
+pub fn unpack_layer<R: BufRead>(
+    layer: &Layer,
+    encoding: Encoding,
+    reader: R,
+    staging: &Path,
+) -> Result<Staged, OciError> {
+    std::fs::create_dir_all(staging).map_err(|e| OciError::io(staging, e))?;
+    let decoded: Box<dyn Read + '_> = match encoding {
+        Encoding::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
+        Encoding::Zstd => Box::new(
             zstd::stream::read::Decoder::with_buffer(reader)
                 .map_err(|e| bad(layer, format!("zstd: {e}")))?,
-        )
-    } else {
-        Box::new(reader)
+        ),
+        Encoding::Plain => Box::new(reader),
     };
     let mut unpacker = Unpacker {
         layer,
-        root,
-        written: HashSet::new(),
+        root: staging,
+        below: Vec::new(),
     };
     let mut archive = tar::Archive::new(decoded);
     let entries = archive
@@ -52,7 +96,10 @@ pub fn unpack_layer(layer: &Layer, root: &Path) -> Result<(), OciError> {
         let entry = entry.map_err(|e| bad(layer, format!("reading the tar stream: {e}")))?;
         unpacker.entry(entry)?;
     }
-    Ok(())
+    Ok(Staged {
+        dir: staging.to_path_buf(),
+        below: unpacker.below,
+    })
 }
 
 fn bad(layer: &Layer, message: String) -> OciError {
@@ -65,9 +112,9 @@ fn bad(layer: &Layer, message: String) -> OciError {
 
 struct Unpacker<'a> {
     layer: &'a Layer<'a>,
+    /// The layer's staging dir.
     root: &'a Path,
-    /// Paths this layer wrote: whiteouts only hide what lower layers wrote.
-    written: HashSet<PathBuf>,
+    below: Vec<Below>,
 }
 
 impl Unpacker<'_> {
@@ -90,18 +137,22 @@ impl Unpacker<'_> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         if file_name == OPAQUE_WHITEOUT {
-            return self.opaque(rel.parent().unwrap_or(Path::new("")), &name);
+            let dir = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+            self.check_parents(&dir.join("x"), &name)?;
+            self.below.push(Below::Opaque { dir, entry: name });
+            return Ok(());
         }
         if let Some(hidden) = file_name.strip_prefix(WHITEOUT_PREFIX) {
-            let target = rel.with_file_name(hidden);
-            if !self.written.contains(&target) {
-                self.check_parents(&target, &name)?;
-                remove_any(&self.root.join(&target))?;
-            }
+            let path = rel.with_file_name(hidden);
+            self.check_parents(&path, &name)?;
+            self.below.push(Below::Whiteout { path, entry: name });
             return Ok(());
         }
         let dest = self.root.join(&rel);
         self.check_parents(&rel, &name)?;
+        // A later entry replaces an earlier hard link to a lower layer's file.
+        self.below
+            .retain(|b| !matches!(b, Below::HardLink { path, .. } if *path == rel));
         let kind = entry.header().entry_type();
         use tar::EntryType as T;
         match kind {
@@ -147,13 +198,19 @@ impl Unpacker<'_> {
                 };
                 self.check_parents(&source_rel, &name)?;
                 let source = self.root.join(&source_rel);
-                if !std::fs::symlink_metadata(&source).is_ok_and(|m| m.is_file()) {
-                    return Err(self.refuse(
-                        &name,
-                        &format!(
-                            "hard link to `{target}`, which is not a regular file of the model"
-                        ),
-                    ));
+                match std::fs::symlink_metadata(&source) {
+                    Ok(m) if m.is_file() => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        // Not in this layer: a file of a lower one, linked when stacking.
+                        remove_any(&dest)?;
+                        self.below.push(Below::HardLink {
+                            path: rel,
+                            source: source_rel,
+                            entry: name,
+                        });
+                        return Ok(());
+                    }
+                    _ => return Err(not_a_model_file(self, &name, &target)),
                 }
                 remove_any(&dest)?;
                 create_parent(&dest)?;
@@ -164,7 +221,6 @@ impl Unpacker<'_> {
             T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => return Ok(()),
             other => return Err(self.refuse(&name, &format!("unsupported entry type {other:?}"))),
         }
-        self.written.insert(rel);
         Ok(())
     }
 
@@ -230,36 +286,37 @@ impl Unpacker<'_> {
 
     /// Refuses to write through a symlink (a link inside /models could lead anywhere).
     fn check_parents(&self, rel: &Path, name: &str) -> Result<(), OciError> {
-        let mut path = self.root.to_path_buf();
-        let parents: Vec<Component> = rel.components().collect();
-        for part in parents.iter().take(parents.len().saturating_sub(1)) {
-            path.push(part);
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
-                return Err(self.refuse(name, "a parent directory is a symlink"));
-            }
-        }
-        Ok(())
-    }
-
-    /// `.wh..wh..opq` in `dir`: hide what lower layers put there.
-    fn opaque(&self, dir: &Path, name: &str) -> Result<(), OciError> {
-        self.check_parents(&dir.join("x"), name)?;
-        let path = self.root.join(dir);
-        let Ok(children) = std::fs::read_dir(&path) else {
-            return Ok(());
-        };
-        for child in children {
-            let child = child.map_err(|e| OciError::io(&path, e))?;
-            if !self.written.contains(&dir.join(child.file_name())) {
-                remove_any(&child.path())?;
-            }
+        if has_symlink_parent(self.root, rel) {
+            return Err(self.refuse(name, SYMLINK_PARENT));
         }
         Ok(())
     }
 }
 
+pub const SYMLINK_PARENT: &str = "a parent directory is a symlink";
+
+/// Whether a directory on the way from `root` to `root/rel` is a symlink.
+pub fn has_symlink_parent(root: &Path, rel: &Path) -> bool {
+    let mut path = root.to_path_buf();
+    let parts: Vec<Component> = rel.components().collect();
+    parts
+        .iter()
+        .take(parts.len().saturating_sub(1))
+        .any(|part| {
+            path.push(part);
+            std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink())
+        })
+}
+
+fn not_a_model_file(unpacker: &Unpacker, name: &str, target: &str) -> OciError {
+    unpacker.refuse(
+        name,
+        &format!("hard link to `{target}`, which is not a regular file of the model"),
+    )
+}
+
 /// Removes a file, link or directory tree; nothing there is fine.
-fn remove_any(path: &Path) -> Result<(), OciError> {
+pub fn remove_any(path: &Path) -> Result<(), OciError> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
         Ok(_) => std::fs::remove_file(path),
@@ -268,7 +325,7 @@ fn remove_any(path: &Path) -> Result<(), OciError> {
     .map_err(|e| OciError::io(path, e))
 }
 
-fn create_parent(path: &Path) -> Result<(), OciError> {
+pub fn create_parent(path: &Path) -> Result<(), OciError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| OciError::io(parent, e))?;
     }

@@ -38,19 +38,16 @@ fn tar_of(entries: &[E]) -> Vec<u8> {
 }
 
 fn unpack(root: &Path, layers: &[Vec<u8>]) -> Result<(), OciError> {
-    let blobs = tempfile::tempdir().unwrap();
+    let staging = tempfile::tempdir().unwrap();
     for (i, bytes) in layers.iter().enumerate() {
-        let blob = blobs.path().join(format!("layer{i}"));
-        std::fs::write(&blob, bytes).unwrap();
         let digest = format!("sha256:layer{i}");
-        unpack_layer(
-            &Layer {
-                reference: "oci://r.example/m:t",
-                digest: &digest,
-                blob: &blob,
-            },
-            root,
-        )?;
+        let layer = Layer {
+            reference: "oci://r.example/m:t",
+            digest: &digest,
+        };
+        let dir = staging.path().join(i.to_string());
+        let staged = unpack_layer(&layer, Encoding::sniff(bytes), &bytes[..], &dir)?;
+        super::super::merge::stack(&layer, &staged, root)?;
     }
     Ok(())
 }
@@ -139,4 +136,38 @@ fn a_truncated_layer_is_an_error() {
     let layer = gzip(&tar_of(&[E::File("models/w.bin", &[7u8; 100_000])]));
     let e = unpack(root.path(), &[layer[..layer.len() / 2].to_vec()]).unwrap_err();
     assert!(matches!(e, OciError::BadLayer { .. }), "{e}");
+}
+
+#[test]
+fn upper_layers_replace_lower_links_and_link_to_lower_files() {
+    let root = tempfile::tempdir().unwrap();
+    let lower = tar_of(&[
+        E::File("models/config.json", b"{}"),
+        E::Dir("models/sub"),
+        E::Symlink("models/d", "sub"),
+        E::Symlink("models/cfg", "config.json"),
+    ]);
+    let upper = tar_of(&[
+        E::File("models/d/x", b"x"),
+        E::HardLink("models/copy.json", "models/config.json"),
+    ]);
+    unpack(root.path(), &[lower, gzip(&upper)]).unwrap();
+    let r = root.path();
+    assert!(r.join("d").symlink_metadata().unwrap().is_dir());
+    assert_eq!(std::fs::read(r.join("d/x")).unwrap(), b"x");
+    assert!(!r.join("sub/x").exists(), "wrote through the lower symlink");
+    assert_eq!(std::fs::read(r.join("copy.json")).unwrap(), b"{}");
+
+    let through_link = tar_of(&[E::File("models/cfg/.wh.x", b"")]);
+    let e = unpack(root.path(), &[through_link]).unwrap_err();
+    assert!(
+        matches!(&e, OciError::UnsafeEntry { entry, .. } if entry == "models/cfg/.wh.x"),
+        "{e}"
+    );
+    let to_a_link = tar_of(&[E::HardLink("models/h", "models/cfg")]);
+    let e = unpack(root.path(), &[to_a_link]).unwrap_err();
+    assert!(
+        matches!(&e, OciError::UnsafeEntry { entry, .. } if entry == "models/h"),
+        "{e}"
+    );
 }
