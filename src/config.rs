@@ -170,6 +170,103 @@ impl EngineArgs {
     }
 }
 
+/// The HTTP front of `surge serve`: TLS, slow-client limits, CORS, the per-request
+/// deadline and request logging.
+#[derive(Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// PEM certificate chain: serve HTTPS instead of HTTP (needs --ssl-keyfile).
+    #[arg(long, value_name = "FILE", env = "SURGE_SSL_CERTFILE")]
+    pub ssl_certfile: Option<std::path::PathBuf>,
+    /// PEM private key of --ssl-certfile.
+    #[arg(long, value_name = "FILE", env = "SURGE_SSL_KEYFILE")]
+    pub ssl_keyfile: Option<std::path::PathBuf>,
+    /// A client must send a request's headers within this, or the connection is closed
+    /// (slow clients, slowloris); also how long an idle keep-alive connection stays open
+    /// and how long a TLS handshake may take. 0 turns it off.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, env = "SURGE_HTTP_HEADER_READ_TIMEOUT")]
+    pub http_header_read_timeout: std::time::Duration,
+    /// A request's body must arrive whole within this, or 408. 0 turns it off.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "SURGE_HTTP_BODY_READ_TIMEOUT")]
+    pub http_body_read_timeout: std::time::Duration,
+    /// Largest request line plus headers, in bytes; larger gets 431 and the connection
+    /// is closed.
+    #[arg(long, default_value_t = 64 << 10, env = "SURGE_MAX_HEADER_BYTES")]
+    pub max_header_bytes: usize,
+    /// Most headers in one request; more gets 431 and the connection is closed.
+    #[arg(long, default_value_t = 100, env = "SURGE_MAX_HEADER_COUNT")]
+    pub max_header_count: usize,
+    /// Generations still running this long after they were admitted end: 504 (or, when
+    /// streaming, `finish_reason: "abort"`, an error event and `[DONE]`); e.g. 10m.
+    /// Off by default; 0 is off.
+    #[arg(long, value_parser = humantime::parse_duration, env = "SURGE_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<std::time::Duration>,
+    /// Browser origins allowed by CORS (e.g. https://app.example, or *): comma list, JSON
+    /// list or repeated. Without it, no CORS headers are sent.
+    #[arg(long, value_name = "ORIGINS", env = "SURGE_ALLOWED_ORIGINS")]
+    pub allowed_origins: Vec<String>,
+    /// Methods allowed by CORS (default *); needs --allowed-origins.
+    #[arg(long, value_name = "METHODS", env = "SURGE_ALLOWED_METHODS")]
+    pub allowed_methods: Vec<String>,
+    /// Request headers allowed by CORS (default *); needs --allowed-origins.
+    #[arg(long, value_name = "HEADERS", env = "SURGE_ALLOWED_HEADERS")]
+    pub allowed_headers: Vec<String>,
+    /// Log each request's prompt (first 512 characters) and parameters. Without it, no
+    /// request content is logged.
+    #[arg(
+        long,
+        visible_alias = "enable-log-requests",
+        env = "SURGE_LOG_REQUESTS"
+    )]
+    pub log_requests: bool,
+}
+
+impl HttpArgs {
+    /// How connections are taken: TLS files (read when the listener starts), limits.
+    pub fn listener_config(&self) -> anyhow::Result<crate::api::listener::ListenerConfig> {
+        let tls = match (&self.ssl_certfile, &self.ssl_keyfile) {
+            (Some(certfile), Some(keyfile)) => Some(crate::api::tls::TlsFiles {
+                certfile: certfile.clone(),
+                keyfile: keyfile.clone(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => anyhow::bail!("--ssl-certfile needs --ssl-keyfile"),
+            (None, Some(_)) => anyhow::bail!("--ssl-keyfile needs --ssl-certfile"),
+        };
+        anyhow::ensure!(
+            self.max_header_bytes >= 1024,
+            "--max-header-bytes must be at least 1024"
+        );
+        anyhow::ensure!(
+            self.max_header_count >= 1,
+            "--max-header-count must be at least 1"
+        );
+        Ok(crate::api::listener::ListenerConfig {
+            header_read_timeout: Some(self.http_header_read_timeout).filter(|t| !t.is_zero()),
+            max_header_bytes: self.max_header_bytes,
+            max_header_count: self.max_header_count,
+            tls,
+        })
+    }
+
+    /// The router's body limits and CORS.
+    pub fn router_config(
+        &self,
+        max_request_body_bytes: usize,
+    ) -> anyhow::Result<crate::api::RouterConfig> {
+        let cors = crate::api::cors::CorsConfig::parse(
+            &self.allowed_origins,
+            &self.allowed_methods,
+            &self.allowed_headers,
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(crate::api::RouterConfig {
+            max_request_body_bytes,
+            body_read_timeout: Some(self.http_body_read_timeout).filter(|t| !t.is_zero()),
+            cors,
+        })
+    }
+}
+
 /// Lets candle's CPU matmuls use every CPU this process may run on. candle sizes its
 /// thread pool from `RAYON_NUM_THREADS`, else from its count of physical cores, which
 /// comes out as 1 on some virtual machines and halves throughput on a 2-CPU host. A

@@ -132,6 +132,9 @@ pub struct Metrics {
     pub ready: Gauge,
     pub draining: Gauge,
     pub startup_seconds: GaugeVec,
+    /// Requests ended by a time limit: `phase="body"` (`--http-body-read-timeout`) or
+    /// `phase="deadline"` (`--request-timeout`).
+    pub request_timeouts: IntCounterVec,
     model_info: GaugeVec,
 }
 
@@ -189,6 +192,17 @@ impl Metrics {
             &["source", "dtype", "device"],
         )?;
         reg(Box::new(model_info.clone()))?;
+        let request_timeouts = IntCounterVec::new(
+            labels(Opts::new(
+                "surge_request_timeouts_total",
+                "Requests ended by a time limit: body (the body did not arrive in time, 408) or deadline (--request-timeout passed, 504).",
+            )),
+            &["phase"],
+        )?;
+        reg(Box::new(request_timeouts.clone()))?;
+        for phase in ["body", "deadline"] {
+            request_timeouts.with_label_values(&[phase]);
+        }
         Ok(Self {
             running: gauge(
                 "vllm:num_requests_running",
@@ -286,6 +300,7 @@ impl Metrics {
                 "1 after SIGTERM while in-flight requests finish, else 0.",
             )?,
             startup_seconds,
+            request_timeouts,
             model_info,
             model_name: model_name.to_string(),
             registry,

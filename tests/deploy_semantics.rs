@@ -551,3 +551,53 @@ fn objects_refer_to_each_other() {
         port.to_string()
     );
 }
+
+/// The surge container of every pod template: non-root, a read-only root filesystem, and
+/// a writable emptyDir at /tmp (its HOME and temporary files in the images).
+#[test]
+fn surge_runs_as_non_root_on_a_read_only_root_with_a_writable_tmp() {
+    let docs = deploy::manifests();
+    let mut checked = 0;
+    for doc in &docs {
+        let pod = match doc.kind() {
+            "ServingRuntime" => &doc.value["spec"],
+            "Deployment" => &doc.value["spec"]["template"]["spec"],
+            _ => continue,
+        };
+        let containers = pod["containers"].as_array().into_iter().flatten();
+        for container in containers {
+            let image = container["image"].as_str().unwrap_or("");
+            if !image.contains("/surge/surge:") {
+                continue;
+            }
+            let at = format!("{} container {}", doc.id(), container["name"]);
+            let security = &container["securityContext"];
+            assert_eq!(
+                security["readOnlyRootFilesystem"], true,
+                "{at}: readOnlyRootFilesystem"
+            );
+            let non_root =
+                security["runAsNonRoot"] == true || pod["securityContext"]["runAsNonRoot"] == true;
+            assert!(non_root, "{at}: runAsNonRoot");
+            let tmp = container["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|m| m["mountPath"] == "/tmp")
+                .unwrap_or_else(|| panic!("{at}: nothing writable at /tmp"));
+            assert_ne!(tmp["readOnly"], true, "{at}: /tmp is read-only");
+            let volume = pod["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|v| v["name"] == tmp["name"])
+                .unwrap_or_else(|| panic!("{at}: no volume {}", tmp["name"]));
+            assert!(
+                volume["emptyDir"].is_object(),
+                "{at}: /tmp is not an emptyDir"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "only {checked} surge containers found");
+}

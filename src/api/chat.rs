@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::generation::{ChoiceDelta, Generation};
+use super::request_log;
 use super::respond::{self, blocking, log_finished, sse, token_text};
 use super::state::{AppState, Serving};
 use super::wire::chat::{
@@ -41,6 +42,7 @@ async fn run(app: AppState, body: Bytes) -> Result<Response, ApiError> {
         valid.params.clone(),
         in_flight,
     )?;
+    request_log::received(app.log_requests, generation.request_id(), &valid);
     if valid.stream {
         Ok(stream(state, valid, generation))
     } else {

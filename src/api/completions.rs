@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::generation::{ChoiceDelta, Generation};
+use super::request_log;
 use super::respond::{self, blocking, log_finished, sse, token_text};
 use super::state::{AppState, Serving};
 use super::wire::common::{response_id, unix_now, wire_logprob, Usage};
@@ -43,13 +44,15 @@ async fn run(app: AppState, body: Bytes) -> Result<Response, ApiError> {
     };
     let mut generations = Vec::with_capacity(valids.len());
     for v in &valids {
-        generations.push(Generation::submit(
+        let generation = Generation::submit(
             &state.engine,
             state.tokenizer.clone(),
             v.prompt_ids.clone(),
             v.params.clone(),
             in_flight.clone(),
-        )?);
+        )?;
+        request_log::received(app.log_requests, generation.request_id(), v);
+        generations.push(generation);
     }
     if first.stream {
         Ok(stream(state, valids, generations))

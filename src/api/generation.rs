@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::error::ApiError;
-use super::lifecycle::{unavailable, InFlight};
+use super::lifecycle::{deadline_exceeded, unavailable, Ending, InFlight};
 use crate::engine::sampling_params::SamplingParams;
 use crate::engine::sequence::FinishReason;
 use crate::engine::{EngineEvent, EngineHandle, EngineRequest, RequestStream, SubmitError};
@@ -22,12 +22,12 @@ pub struct ChoiceDelta {
     pub finish: Option<FinishReason>,
 }
 
-/// Whether the shutdown deadline cut this request.
+/// Whether the shutdown deadline or the request's own deadline cut this request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cut {
     No,
     /// Its unfinished choices end with `abort`, then an error.
-    Ending,
+    Ending(Ending),
     /// All of that was said.
     Ended,
 }
@@ -85,18 +85,19 @@ impl Generation {
 
     /// The next delta; `None` once every choice has finished. An `Err` ends the request.
     /// When the shutdown deadline passes, every unfinished choice ends with `abort` and
-    /// then a 503 error follows.
+    /// then a 503 error follows; when the request's `--request-timeout` passes, the same
+    /// with a 504.
     pub async fn next(&mut self) -> Option<Result<ChoiceDelta, ApiError>> {
         loop {
             match self.cut {
                 Cut::No => {}
-                Cut::Ending => return Some(self.next_cut()),
+                Cut::Ending(why) => return Some(self.next_cut(why)),
                 Cut::Ended => return None,
             }
             let event = tokio::select! {
                 event = self.stream.recv() => event?,
-                () = self.in_flight.cut() => {
-                    self.cut = Cut::Ending;
+                why = self.in_flight.ended() => {
+                    self.cut = Cut::Ending(why);
                     continue;
                 }
             };
@@ -166,7 +167,7 @@ impl Generation {
     }
 
     /// After the cut: an `abort` for each unfinished choice, then the error.
-    fn next_cut(&mut self) -> Result<ChoiceDelta, ApiError> {
+    fn next_cut(&mut self, why: Ending) -> Result<ChoiceDelta, ApiError> {
         if let Some(index) = self.finished.iter().position(|f| !f) {
             self.finished[index] = true;
             let text = self.choices[index].finish().unwrap_or_default();
@@ -180,8 +181,9 @@ impl Generation {
         self.cut = Cut::Ended;
         // Ends the engine side now; dropping `self` later would too.
         self.stream.abort();
-        Err(unavailable(
-            "The server shut down before this request finished.",
-        ))
+        Err(match why {
+            Ending::Shutdown => unavailable("The server shut down before this request finished."),
+            Ending::Deadline(timeout) => deadline_exceeded(timeout),
+        })
     }
 }

@@ -1,8 +1,9 @@
 //! The server's lifecycle as the API sees it: loading (and in which phase), ready,
 //! draining; the requests in flight; and the shutdown deadline that cuts the rest.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use tokio::sync::{watch, Notify};
@@ -147,26 +148,99 @@ pub fn unavailable(message: impl Into<String>) -> ApiError {
 pub struct InFlight {
     lifecycle: Arc<Lifecycle>,
     cut: watch::Receiver<bool>,
+    deadline: Option<Arc<Deadline>>,
+}
+
+/// `--request-timeout` for one request, shared by the clones of its [`InFlight`].
+struct Deadline {
+    at: tokio::time::Instant,
+    timeout: Duration,
+    /// Counted once per request however many of its prompts hit it.
+    counted: AtomicBool,
+}
+
+/// Why a request in flight must end now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The shutdown deadline passed (503).
+    Shutdown,
+    /// Its own `--request-timeout` passed (504).
+    Deadline(Duration),
 }
 
 impl InFlight {
     fn new(lifecycle: Arc<Lifecycle>) -> Self {
         lifecycle.in_flight.fetch_add(1, Ordering::AcqRel);
         let cut = lifecycle.cut.subscribe();
-        Self { lifecycle, cut }
+        Self {
+            lifecycle,
+            cut,
+            deadline: None,
+        }
     }
 
-    /// Resolves when the shutdown deadline cuts this request (never, otherwise).
-    pub async fn cut(&mut self) {
-        if self.cut.wait_for(|cut| *cut).await.is_err() {
-            std::future::pending::<()>().await;
+    /// Gives the request `timeout` from now to finish (`None`: no limit).
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.deadline = timeout.map(|timeout| {
+            Arc::new(Deadline {
+                at: tokio::time::Instant::now() + timeout,
+                timeout,
+                counted: AtomicBool::new(false),
+            })
+        });
+        self
+    }
+
+    /// Resolves when this request must end: the shutdown deadline cut it, or its own
+    /// deadline passed (then `surge_request_timeouts_total{phase="deadline"}` counts it).
+    /// Never resolves otherwise.
+    pub async fn ended(&mut self) -> Ending {
+        let deadline = self.deadline.clone();
+        let (cut_rx, metrics) = (&mut self.cut, &self.lifecycle.metrics);
+        let own = async {
+            match &deadline {
+                Some(d) => tokio::time::sleep_until(d.at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let cut = async {
+            if cut_rx.wait_for(|cut| *cut).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = cut => Ending::Shutdown,
+            () = own => {
+                let d = deadline.expect("a deadline fired");
+                if !d.counted.swap(true, Ordering::AcqRel) {
+                    metrics
+                        .request_timeouts
+                        .with_label_values(&["deadline"])
+                        .inc();
+                }
+                Ending::Deadline(d.timeout)
+            }
         }
     }
 }
 
+/// The OpenAI-shaped 504 for a request past its `--request-timeout`.
+pub fn deadline_exceeded(timeout: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "TimeoutError",
+        format!(
+            "The request did not finish within {} (--request-timeout).",
+            humantime::format_duration(timeout)
+        ),
+    )
+}
+
 impl Clone for InFlight {
     fn clone(&self) -> Self {
-        Self::new(self.lifecycle.clone())
+        let mut clone = Self::new(self.lifecycle.clone());
+        clone.deadline = self.deadline.clone();
+        clone
     }
 }
 
@@ -215,12 +289,40 @@ mod tests {
             async move { l.wait_idle().await }
         });
         l.cut();
-        a.cut().await;
+        assert_eq!(a.ended().await, Ending::Shutdown);
         assert!(!waiter.is_finished());
         drop(a);
         tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_deadline_ends_the_request_and_its_clones_and_is_counted_once() {
+        let l = lifecycle();
+        l.ready();
+        let mut a = l
+            .enter()
+            .unwrap()
+            .with_timeout(Some(std::time::Duration::from_millis(50)));
+        let mut b = a.clone();
+        let limit = std::time::Duration::from_secs(10);
+        let ended = tokio::time::timeout(limit, a.ended()).await.unwrap();
+        assert_eq!(
+            ended,
+            Ending::Deadline(std::time::Duration::from_millis(50))
+        );
+        let ended = tokio::time::timeout(limit, b.ended()).await.unwrap();
+        assert!(matches!(ended, Ending::Deadline(_)));
+        let counted = l
+            .metrics
+            .request_timeouts
+            .with_label_values(&["deadline"])
+            .get();
+        assert_eq!(counted, 1);
+        let mut c = l.enter().unwrap();
+        let never = tokio::time::timeout(std::time::Duration::from_millis(100), c.ended()).await;
+        assert!(never.is_err(), "no deadline, no cut: never ends");
     }
 }

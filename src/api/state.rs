@@ -2,6 +2,7 @@
 //! engine, the validator and the served model's facts.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use super::error::ApiError;
 use super::lifecycle::{InFlight, Lifecycle};
@@ -21,7 +22,19 @@ pub struct AppStateInner {
     pub created: u64,
     /// `--api-key`: required as a Bearer token on /v1/* when set.
     pub api_key: Option<String>,
+    /// `--request-timeout`: generations still running this long after admission end.
+    pub request_timeout: Option<Duration>,
+    /// `--log-requests`: log each request's prompt and parameters.
+    pub log_requests: bool,
     model: OnceLock<Serving>,
+}
+
+/// The per-request settings from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct ApiOptions {
+    pub api_key: Option<String>,
+    pub request_timeout: Option<Duration>,
+    pub log_requests: bool,
 }
 
 /// The loaded model and what serves it.
@@ -36,11 +49,7 @@ pub type Serving = Arc<ServingModel>;
 
 impl AppState {
     /// A server still loading its model: only /health, /ping, /version and /metrics answer.
-    pub fn loading(
-        metrics: Arc<Metrics>,
-        served_model_name: String,
-        api_key: Option<String>,
-    ) -> Self {
+    pub fn loading(metrics: Arc<Metrics>, served_model_name: String, options: ApiOptions) -> Self {
         Self(Arc::new(AppStateInner {
             lifecycle: Arc::new(Lifecycle::new(metrics.clone())),
             metrics,
@@ -48,7 +57,9 @@ impl AppState {
             created: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            api_key: api_key.filter(|k| !k.is_empty()),
+            api_key: options.api_key.filter(|k| !k.is_empty()),
+            request_timeout: options.request_timeout.filter(|t| !t.is_zero()),
+            log_requests: options.log_requests,
             model: OnceLock::new(),
         }))
     }
@@ -73,10 +84,10 @@ impl AppState {
         }
     }
 
-    /// The model and a place in flight for a new generation: 503 while loading or
-    /// draining.
+    /// The model and a place in flight for a new generation, its `--request-timeout`
+    /// counted from now: 503 while loading or draining.
     pub fn admit(&self) -> Result<(Serving, InFlight), ApiError> {
-        let in_flight = self.lifecycle.enter()?;
+        let in_flight = self.lifecycle.enter()?.with_timeout(self.request_timeout);
         Ok((self.model()?, in_flight))
     }
 }

@@ -10,8 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use surge::api::{self, AppState};
-use surge::config::{EngineArgs, ModelArgs};
+use surge::api::listener::Listener;
+use surge::api::{self, ApiOptions, AppState};
+use surge::config::{EngineArgs, HttpArgs, ModelArgs};
 use surge::metrics::Metrics;
 
 #[derive(Args, Debug)]
@@ -20,6 +21,8 @@ pub struct ServeArgs {
     model: ModelArgs,
     #[command(flatten)]
     engine: EngineArgs,
+    #[command(flatten)]
+    http: HttpArgs,
     /// Address to bind.
     #[arg(long, default_value = "0.0.0.0", env = "SURGE_HOST")]
     host: String,
@@ -54,6 +57,8 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let listener_config = args.http.listener_config()?;
+    let router_config = args.http.router_config(args.max_request_body_bytes)?;
     if args.check_args {
         args.engine.engine_config()?;
         let shown = ServeArgs {
@@ -69,26 +74,25 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| default_name(&model));
     let metrics = Arc::new(Metrics::new(&served_model_name)?);
-    let state = AppState::loading(metrics, served_model_name, args.api_key.clone());
-    let router = api::router(state.clone(), args.max_request_body_bytes);
+    let options = ApiOptions {
+        api_key: args.api_key.clone(),
+        request_timeout: args.http.request_timeout,
+        log_requests: args.http.log_requests,
+    };
+    let state = AppState::loading(metrics, served_model_name, options);
+    let router = api::router(state.clone(), &router_config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let served = runtime.block_on(async move {
         let mut signals = shutdown::Signals::new()?;
-        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-            .await
-            .with_context(|| format!("cannot bind {}:{}", args.host, args.port))?;
+        let listener = Listener::bind(&args.host, args.port, listener_config).await?;
         let addr = listener.local_addr()?;
-        tracing::info!("listening on http://{addr}");
+        tracing::info!("listening on {}://{addr}", listener.scheme());
         let (close, closed) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = closed.await;
-                })
-                .await
-        });
+        let server = tokio::spawn(listener.serve(router, async {
+            let _ = closed.await;
+        }));
         let plan = startup::Plan {
             model,
             model_args: args.model.clone(),
@@ -116,7 +120,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await;
         let _ = close.send(());
         match tokio::time::timeout(shutdown::CLOSE_TIMEOUT, server).await {
-            Ok(served) => served??,
+            Ok(served) => served?,
             Err(_) => tracing::warn!("connections still open after the drain; closing them"),
         }
         tracing::info!("shut down");

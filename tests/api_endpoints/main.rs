@@ -228,7 +228,7 @@ fn smollm2_gguf_serves_chat_completions_and_tokenize() {
 }
 
 /// With a key, /v1/* needs `Authorization: Bearer KEY` (401 otherwise, streaming too);
-/// health, ping and version stay open.
+/// health, ping, version and metrics stay open.
 fn check_auth(server: &Server, key: &str) {
     let http = server.http();
     let chat =
@@ -283,7 +283,7 @@ fn check_auth(server: &Server, key: &str) {
             reply.body
         );
     }
-    for path in ["/health", "/ping", "/version"] {
+    for path in ["/health", "/ping", "/version", "/metrics"] {
         let reply = server.get(path);
         assert_eq!(
             reply.status, 200,

@@ -71,6 +71,17 @@ const CLEARED_ENV: &[&str] = &[
     "HF_HUB_OFFLINE",
     "SURGE_KV_CACHE_MEMORY",
     "SURGE_LOG_FORMAT",
+    "SURGE_SSL_CERTFILE",
+    "SURGE_SSL_KEYFILE",
+    "SURGE_HTTP_HEADER_READ_TIMEOUT",
+    "SURGE_HTTP_BODY_READ_TIMEOUT",
+    "SURGE_MAX_HEADER_BYTES",
+    "SURGE_MAX_HEADER_COUNT",
+    "SURGE_REQUEST_TIMEOUT",
+    "SURGE_ALLOWED_ORIGINS",
+    "SURGE_ALLOWED_METHODS",
+    "SURGE_ALLOWED_HEADERS",
+    "SURGE_LOG_REQUESTS",
 ];
 
 /// A running `surge serve --host 127.0.0.1 --port 0 ARGS…`, killed on drop. Its stdout and
@@ -132,14 +143,14 @@ impl Server {
 
     fn wait_listening(&mut self, args: &[&str]) {
         let deadline = Instant::now() + START_TIMEOUT;
-        let addr = loop {
-            if let Some(addr) = parse_listening(&self.log()) {
-                break addr;
+        let (scheme, addr) = loop {
+            if let Some(found) = parse_listening(&self.log()) {
+                break found;
             }
-            self.assert_alive("before printing `listening on http://…`");
+            self.assert_alive("before printing `listening on http(s)://…`");
             assert!(
                 Instant::now() < deadline,
-                "surge serve {args:?} printed no `listening on http://…` line within {START_TIMEOUT:?}"
+                "surge serve {args:?} printed no `listening on http(s)://…` line within {START_TIMEOUT:?}"
             );
             std::thread::sleep(Duration::from_millis(50));
         };
@@ -147,15 +158,35 @@ impl Server {
             addr.ip().is_loopback(),
             "surge serve listens on {addr}, not on 127.0.0.1"
         );
-        self.base_url = format!("http://{addr}");
+        self.base_url = format!("{scheme}://{addr}");
+        if scheme == "https" {
+            self.client = tls_client();
+        }
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        let (_, addr) = self.base_url.split_once("://").unwrap();
+        addr.parse().unwrap()
     }
 
     /// Waits until GET /health answers 200.
     pub fn wait_health_ok(&mut self, args: &[&str]) {
         let deadline = Instant::now() + START_TIMEOUT;
-        let addr: SocketAddr = self.base_url["http://".len()..].parse().unwrap();
+        let addr = self.addr();
+        let tls = self.base_url.starts_with("https://");
         loop {
-            if raw_get_status(addr, "/health") == Some(200) {
+            let status = if tls {
+                self.client
+                    .get(self.url("/health"))
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .ok()
+                    .map(|r| r.status().as_u16())
+            } else {
+                raw_get_status(addr, "/health")
+            };
+            if status == Some(200) {
                 return;
             }
             self.assert_alive("before GET /health answered 200");
@@ -324,13 +355,29 @@ pub fn client() -> Client {
         .unwrap()
 }
 
-/// The address in the `listening on http://ADDR` line, if the log has one.
-fn parse_listening(log: &str) -> Option<SocketAddr> {
-    let rest = &log[log.find("listening on http://")? + "listening on http://".len()..];
+/// A blocking client for a TLS server on 127.0.0.1 with a test's self-signed certificate.
+pub fn tls_client() -> Client {
+    Client::builder()
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+}
+
+/// The scheme and address in the `listening on http(s)://ADDR` line, if the log has one.
+fn parse_listening(log: &str) -> Option<(&'static str, SocketAddr)> {
+    let at = log.find("listening on http")?;
+    let rest = &log[at + "listening on ".len()..];
+    let (scheme, rest) = if let Some(rest) = rest.strip_prefix("https://") {
+        ("https", rest)
+    } else {
+        ("http", rest.strip_prefix("http://")?)
+    };
     let end = rest
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
         .unwrap_or(rest.len());
-    rest[..end].parse().ok()
+    Some((scheme, rest[..end].parse().ok()?))
 }
 
 /// GET over a bare socket (no runtime involved): the status code, or None when the server
