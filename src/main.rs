@@ -36,6 +36,9 @@ enum Command {
     Pull(cli::pull::PullArgs),
     /// Build and push ModelCar images (a model under /models) without a container engine.
     Modelcar(cli::modelcar::ModelCarArgs),
+    /// Load-test an OpenAI-compatible server and advise on autoscaling targets, or
+    /// (`bench simulate`) compare autoscaling policies on a trace.
+    Bench(Box<cli::bench::BenchArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,6 +61,7 @@ fn main() -> std::process::ExitCode {
         Command::WaitReady(args) => cli::wait_ready::run(args),
         Command::Pull(args) => cli::pull::run(args),
         Command::Modelcar(args) => cli::modelcar::run(args),
+        Command::Bench(args) => cli::bench::run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! One module per subcommand: argument structs and their `run`.
 
+pub mod bench;
 pub mod generate;
 pub mod modelcar;
 pub mod pull;

@@ -9,9 +9,11 @@
 #                       tests/oci_*.rs
 #      skopeo       /usr/bin/skopeo, to copy ModelCar images by hand (and for the pull
 #                   benchmark against surge pull)
+#      fonts-dejavu-core  the font `surge bench --plot` draws its labels with
 #    The tests start their own instances on 127.0.0.1; no system service is started (a
 #    service the package's postinst starts anyway is stopped again).
 # 2. Fetches the real-model fixtures: tests/support/fetch-models.sh.
+# 3. Builds GuideLLM's venv: tests/support/guidellm-venv.sh (PyTorch included, several GB).
 #
 # Environment:
 #   SURGE_SKIP_APT=1   do not install packages (only check and report what is missing)
@@ -25,6 +27,7 @@ PACKAGES=(
     "prometheus:/usr/bin/prometheus"
     "docker-registry:/usr/bin/docker-registry"
     "skopeo:/usr/bin/skopeo"
+    "fonts-dejavu-core:/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 )
 
 log() { echo "setup: $*" >&2; }
@@ -48,7 +51,7 @@ missing=()
 for entry in "${PACKAGES[@]}"; do
     pkg="${entry%%:*}"
     file="${entry#*:}"
-    if [[ -x "$file" ]] && dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    if [[ -e "$file" ]] && dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         log "$pkg is installed ($file)"
     else
         missing+=("$pkg")
@@ -104,4 +107,6 @@ for entry in "${PACKAGES[@]}"; do
 done
 
 bash "$here/fetch-models.sh"
+# GuideLLM, in its own venv (tests/bench_guidellm.rs).
+bash "$here/guidellm-venv.sh" >/dev/null
 log "done"
