@@ -50,13 +50,12 @@ fn guidellm_completes_a_bounded_benchmark_against_surge() {
     let report = dir.path().join("guidellm.json");
     let before = served(&server);
 
-    // GuideLLM asks for `continuous_usage_stats` in every stream, which surge rejects;
-    // the backend's `extras` turn it off (the usage chunk at the end stays).
+    // GuideLLM's streams ask for `include_usage` and `continuous_usage_stats`, as vLLM
+    // serves them.
     let backend = serde_json::json!({
         "kind": "openai_http",
         "target": server.base_url(),
         "model": "smol",
-        "extras": {"body": {"stream_options": {"continuous_usage_stats": false}}},
     });
     let out = Command::new(&guidellm)
         .args(["run", "--backend", &backend.to_string()])

@@ -144,13 +144,19 @@ fn stream(state: Serving, valid: ValidRequest, mut generation: Generation) -> Re
             |choices| ChatCompletionChunk::new(id.clone(), created, valid.model.clone(), choices);
         let json = |c: &ChatCompletionChunk| serde_json::to_string(c).unwrap_or_default();
         let n = valid.params.n.max(1);
+        let usage_so_far = |generation: &Generation| {
+            valid
+                .continuous_usage
+                .then(|| Usage::new(generation.num_prompt_tokens, generation.num_output_tokens))
+        };
         for index in 0..n {
-            let first = chunk(vec![ChatChunkChoice {
+            let mut first = chunk(vec![ChatChunkChoice {
                 index,
                 delta: ChatDelta::role(),
                 logprobs: None,
                 finish_reason: None,
             }]);
+            first.usage = usage_so_far(&generation);
             if tx.send(json(&first)).await.is_err() {
                 return;
             }
@@ -166,7 +172,9 @@ fn stream(state: Serving, valid: ValidRequest, mut generation: Generation) -> Re
                         delta: ChatDelta::text(delta.text.clone()),
                         finish_reason: delta.finish.map(|f| f.as_str().to_string()),
                     };
-                    json(&chunk(vec![choice]))
+                    let mut message = chunk(vec![choice]);
+                    message.usage = usage_so_far(&generation);
+                    json(&message)
                 }
                 Err(e) => {
                     let _ = tx.send(e.body().to_string()).await;

@@ -168,6 +168,7 @@ fn stream(state: Serving, valids: Vec<ValidRequest>, generations: Vec<Generation
     let created = unix_now();
     let model = valids[0].model.clone();
     let include_usage = valids[0].include_usage;
+    let continuous_usage = valids[0].continuous_usage;
     let n = valids[0].params.n.max(1);
     let prompt_tokens: usize = valids.iter().map(|v| v.prompt_ids.len()).sum();
     tokio::spawn(async move {
@@ -225,12 +226,12 @@ fn stream(state: Serving, valids: Vec<ValidRequest>, generations: Vec<Generation
                         text: delta.text.clone(),
                         finish_reason: delta.finish.map(|f| f.as_str().to_string()),
                     };
-                    json(&CompletionChunk::new(
-                        id.clone(),
-                        created,
-                        model.clone(),
-                        vec![choice],
-                    ))
+                    let mut message =
+                        CompletionChunk::new(id.clone(), created, model.clone(), vec![choice]);
+                    if continuous_usage {
+                        message.usage = Some(Usage::new(prompt_tokens, output_tokens));
+                    }
+                    json(&message)
                 }
                 Err(e) => {
                     let _ = tx.send(e.body().to_string()).await;

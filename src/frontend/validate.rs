@@ -101,6 +101,9 @@ pub struct ValidRequest {
     pub stream: bool,
     /// Send the usage chunk before `[DONE]` (`stream_options.include_usage`).
     pub include_usage: bool,
+    /// Also put the usage so far in every chunk (`stream_options.continuous_usage_stats`
+    /// with `include_usage`, as vLLM).
+    pub continuous_usage: bool,
     /// Completions only: return the prompt before the completion.
     pub echo: bool,
     /// Top-N alternatives per token (same as `params.logprobs`): `Some(0)` = only the
@@ -243,7 +246,7 @@ impl Validator {
         }
         self.check_model(req.model.as_deref())?;
         let stream = req.stream.unwrap_or(false);
-        let include_usage = stream_usage(stream, req.stream_options.as_ref())?;
+        let (include_usage, continuous_usage) = stream_usage(stream, req.stream_options.as_ref())?;
 
         if let Some(max_tokens) = req.max_tokens {
             if max_tokens < 1 {
@@ -307,6 +310,7 @@ impl Validator {
             params,
             stream,
             include_usage,
+            continuous_usage,
             echo: false,
             chat: true,
         })
@@ -326,7 +330,7 @@ impl Validator {
         }
         self.check_model(req.model.as_deref())?;
         let stream = req.stream.unwrap_or(false);
-        let include_usage = stream_usage(stream, req.stream_options.as_ref())?;
+        let (include_usage, continuous_usage) = stream_usage(stream, req.stream_options.as_ref())?;
         if let Some(best_of) = req.best_of {
             if best_of != req.n.unwrap_or(1) {
                 return Err(ValidationError::bad_request(
@@ -382,6 +386,7 @@ impl Validator {
                     params,
                     stream,
                     include_usage,
+                    continuous_usage,
                     echo,
                     chat: false,
                 })
@@ -561,10 +566,15 @@ fn empty_prompt() -> ValidationError {
     ValidationError::bad_request("prompt", "The prompt cannot be empty.")
 }
 
-/// `include_usage`; `stream_options` is only allowed with `stream: true` (vLLM, OpenAI).
-fn stream_usage(stream: bool, options: Option<&StreamOptions>) -> Result<bool, ValidationError> {
+/// `(include_usage, continuous_usage_stats)`; `stream_options` is only allowed with
+/// `stream: true` (vLLM, OpenAI), and continuous usage only counts with `include_usage`
+/// (as in vLLM).
+fn stream_usage(
+    stream: bool,
+    options: Option<&StreamOptions>,
+) -> Result<(bool, bool), ValidationError> {
     let Some(options) = options else {
-        return Ok(false);
+        return Ok((false, false));
     };
     if !stream {
         return Err(ValidationError::bad_request(
@@ -573,11 +583,7 @@ fn stream_usage(stream: bool, options: Option<&StreamOptions>) -> Result<bool, V
         ));
     }
     fields::check_extra(&options.extra, &[], "stream_options.")?;
-    if options.continuous_usage_stats == Some(true) {
-        return Err(ValidationError::bad_request(
-            "stream_options.continuous_usage_stats",
-            "surge does not support continuous_usage_stats: remove it from stream_options.",
-        ));
-    }
-    Ok(options.include_usage.unwrap_or(false))
+    let include_usage = options.include_usage.unwrap_or(false);
+    let continuous = include_usage && options.continuous_usage_stats.unwrap_or(false);
+    Ok((include_usage, continuous))
 }

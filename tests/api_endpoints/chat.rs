@@ -66,11 +66,16 @@ pub fn chat_stream_matches_non_stream(c: &Ctx) {
     for extra in [
         json!({}),
         json!({"stream_options": {"include_usage": false}}),
+        json!({"stream_options": {"continuous_usage_stats": true}}),
     ] {
         let streamed = c.chat_stream(extra);
         assert_eq!(streamed.text(), plain.text());
         assert!(streamed.usage.is_none());
     }
+    let continuous = c.chat_stream(json!({"stream_options":
+        {"include_usage": true, "continuous_usage_stats": true}}));
+    assert_eq!(continuous.text(), plain.text());
+    assert_eq!(continuous.usage(), plain.usage());
 }
 
 pub fn chat_n2(c: &Ctx) {

@@ -93,6 +93,10 @@ pub fn completions_stream(c: &Ctx) {
     assert_eq!(streamed.usage(), plain.usage());
     let streamed = c.completion_stream(json!({}));
     assert_eq!(streamed.text(), plain.text());
+    let continuous = c.completion_stream(json!({"stream_options":
+        {"include_usage": true, "continuous_usage_stats": true}}));
+    assert_eq!(continuous.text(), plain.text());
+    assert_eq!(continuous.usage(), plain.usage());
 }
 
 /// Seeded sampling over two prompts × n=2, streamed and not: four choices, each with its

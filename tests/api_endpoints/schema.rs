@@ -179,6 +179,9 @@ pub fn check_stream(chunks: &[Value], body: &Value, model: &str, api: Api) -> Ou
     };
     let n = num_choices(body);
     let include_usage = body["stream_options"]["include_usage"] == true;
+    // vLLM: the usage so far in every chunk, only together with include_usage.
+    let continuous = include_usage && body["stream_options"]["continuous_usage_stats"] == true;
+    let mut completion_so_far = 0;
     let want_logprobs = match api {
         Api::Chat => body["logprobs"] == true,
         Api::Completions => !body["logprobs"].is_null(),
@@ -216,10 +219,19 @@ pub fn check_stream(chunks: &[Value], body: &Value, model: &str, api: Api) -> Ou
             usage = Some(check_usage(&chunk["usage"]));
             continue;
         }
-        assert!(
-            chunk.get("usage").is_none_or(Value::is_null),
-            "usage in a chunk with choices: {chunk}"
-        );
+        if continuous {
+            let so_far = check_usage(&chunk["usage"]);
+            assert!(
+                so_far.completion >= completion_so_far,
+                "completion_tokens went down: {chunk}"
+            );
+            completion_so_far = so_far.completion;
+        } else {
+            assert!(
+                chunk.get("usage").is_none_or(Value::is_null),
+                "usage in a chunk with choices: {chunk}"
+            );
+        }
         for c in choices {
             let i = c["index"]
                 .as_u64()

@@ -200,7 +200,8 @@ pub struct ChatTopLogprob {
 /// One streamed chat chunk (`data: {…}`).
 ///
 /// `usage` is left out of every chunk except the extra last one sent when
-/// `stream_options.include_usage` is true; that one has `choices: []`.
+/// `stream_options.include_usage` is true (that one has `choices: []`), and, with
+/// `continuous_usage_stats` too, every chunk carries the usage so far.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatCompletionChunk {
     pub id: String,

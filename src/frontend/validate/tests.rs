@@ -233,7 +233,26 @@ fn defaults_and_accepted_no_ops() {
     assert_eq!(p.stop_token_ids, vec![128009]);
     assert!(p.ignore_eos && !p.skip_special_tokens);
     assert_eq!((p.logprobs, req.logprobs), (Some(5), Some(5)));
-    assert!(req.stream && req.include_usage);
+    assert!(req.stream && req.include_usage && !req.continuous_usage);
+    for (options, expected) in [
+        (
+            json!({"include_usage": true, "continuous_usage_stats": true}),
+            (true, true),
+        ),
+        (json!({"continuous_usage_stats": true}), (false, false)),
+        (
+            json!({"include_usage": true, "continuous_usage_stats": false}),
+            (true, false),
+        ),
+    ] {
+        let body = json!({"messages": user("Hi"), "stream": true, "stream_options": options});
+        let req = chat_ok(&v, body);
+        assert_eq!(
+            (req.include_usage, req.continuous_usage),
+            expected,
+            "{options}"
+        );
+    }
 
     let chosen_only = chat_ok(&v, json!({"messages": user("Hi"), "logprobs": true}));
     assert_eq!(chosen_only.logprobs, Some(0));
