@@ -8,6 +8,7 @@ runs WORKERS clients that send, each request drawn at random (seeded):
   - 10 %: a streaming request dropped by the client after its first chunks;
   - 5 %: a malformed request (bad JSON, wrong types, out-of-range values), expecting 400;
 plus, every BURST_EVERY seconds, a burst of 3 x the queue limit at once (429s expected).
+A client refused with 429 waits as its Retry-After says (capped), as a good client would.
 At the end it checks that nothing is stuck (no request running or waiting), every KV
 block is free, the RSS grew by less than 5 % after warm-up, and the server's counters
 equal the client's counts; prints a report (JSON with --report) and exits 1 on a failure.
@@ -33,6 +34,7 @@ MAX_QUEUED = 8
 BURST_EVERY = 20.0
 WARMUP_FRACTION = 0.15
 MAX_RSS_GROWTH = 0.05
+MAX_BACKOFF = 3.0
 
 MALFORMED = [
     b'{"model": "m", "messages": [',
@@ -206,6 +208,8 @@ def generate(port, rng, counts, burst=False):
             resp.read()
             if resp.status != 429:
                 counts.add(error=f"http {resp.status}")
+            elif not burst:
+                back_off(resp)
             return
         usage = None
         if stream:
@@ -240,6 +244,8 @@ def dropped_stream(port, rng, counts):
         conn.close()
         if resp.status != 429:
             counts.add(error=f"http {resp.status}")
+        else:
+            back_off(resp)
         return
     events = 0
     for line in resp:
@@ -251,6 +257,15 @@ def dropped_stream(port, rng, counts):
     conn.close()
     # The server sees the request end by abort, unless it had already finished.
     counts.add(dropped=1)
+
+
+def back_off(resp):
+    """A well-behaved client waits as a 429's Retry-After says (at most a few seconds)."""
+    try:
+        delay = float(resp.getheader("Retry-After", "1"))
+    except ValueError:
+        delay = 1.0
+    time.sleep(min(max(delay, 0.1), MAX_BACKOFF))
 
 
 def malformed(port, rng, counts):
