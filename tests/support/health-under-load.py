@@ -20,6 +20,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from surge_process import wait_health, wait_listening  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -41,7 +44,7 @@ def main():
         stdout=log, stderr=log)
     try:
         port = wait_listening(log.name, server)
-        wait_health(port)
+        wait_health(port, server)
         stop = time.monotonic() + args.duration
         threads = [threading.Thread(target=client, args=(port, i, stop), daemon=True)
                    for i in range(args.cap * args.overload)]
@@ -75,31 +78,6 @@ def main():
         except subprocess.TimeoutExpired:
             server.kill()
 
-
-def wait_listening(path, server, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", open(path).read())
-        if m:
-            return int(m.group(1))
-        if server.poll() is not None:
-            sys.exit(open(path).read())
-        time.sleep(0.05)
-    sys.exit("surge did not listen")
-
-
-def wait_health(port, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    sys.exit("surge was not ready")
 
 
 def get(port, path):

@@ -28,6 +28,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from surge_process import wait_health, wait_listening  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MAX_NUM_SEQS = 4
 MAX_QUEUED = 8
@@ -366,34 +369,6 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return None
-
-
-def wait_listening(log_path, server, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if server.poll() is not None:
-            sys.exit(f"surge exited: {open(log_path).read()[-2000:]}")
-        m = re.search(r"listening on [^ ]*:(\d+)", open(log_path).read())
-        if m:
-            return int(m.group(1))
-        time.sleep(0.1)
-    sys.exit("surge did not start listening")
-
-
-def wait_health(port, server, timeout=600):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if server.poll() is not None:
-            sys.exit("surge exited while loading")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    sys.exit("surge did not become ready")
 
 
 if __name__ == "__main__":
