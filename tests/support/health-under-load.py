@@ -21,16 +21,12 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from surge_process import wait_health, wait_listening  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from surge_process import add_server_args, wait_health, wait_listening  # noqa: E402
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--surge", default=os.path.join(ROOT, "target/release/surge"))
-    cache = os.environ.get("SURGE_MODEL_CACHE", os.path.join(ROOT, ".cache/models"))
-    p.add_argument("--model", default=os.path.join(cache, "smollm2-hf"))
+    add_server_args(p)
     p.add_argument("--cap", type=int, default=4)
     p.add_argument("--overload", type=int, default=10)
     p.add_argument("--duration", type=float, default=30.0)

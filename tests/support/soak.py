@@ -29,9 +29,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from surge_process import wait_health, wait_listening  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from surge_process import add_server_args, wait_health, wait_listening  # noqa: E402
 MAX_NUM_SEQS = 4
 MAX_QUEUED = 8
 BURST_EVERY = 20.0
@@ -82,9 +80,7 @@ class Counts:
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--surge", default=os.path.join(ROOT, "target/release/surge"))
-    cache = os.environ.get("SURGE_MODEL_CACHE", os.path.join(ROOT, ".cache/models"))
-    p.add_argument("--model", default=os.path.join(cache, "smollm2-hf"))
+    add_server_args(p)
     p.add_argument("--duration", type=float, default=1200.0)
     p.add_argument("--max-requests", type=int, default=100_000)
     p.add_argument("--workers", type=int, default=12)

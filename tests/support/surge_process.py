@@ -1,9 +1,19 @@
-"""Waiting for a `surge serve` started by a test script: the port it listens on (read
-from its log) and the moment /health answers 200."""
+"""A `surge serve` started by a test script: the flags that say which binary and model,
+the port it listens on (read from its log) and the moment /health answers 200."""
 import http.client
+import os
 import re
 import sys
 import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def add_server_args(parser):
+    """`--surge BIN` (the release build) and `--model DIR` (SmolLM2 from the model cache)."""
+    parser.add_argument("--surge", default=os.path.join(ROOT, "target/release/surge"))
+    cache = os.environ.get("SURGE_MODEL_CACHE", os.path.join(ROOT, ".cache/models"))
+    parser.add_argument("--model", default=os.path.join(cache, "smollm2-hf"))
 
 
 def wait_listening(log_path, server, timeout=120):
