@@ -19,7 +19,10 @@ if ((${#targets[@]} == 0)); then
 fi
 export RUSTC_BOOTSTRAP=1
 cd "$here"
-cargo fuzz build --sanitizer none -O
+if ! cargo fuzz build --sanitizer none -O; then
+    df -h . >&2 # a linker failing for lack of disk says little by itself
+    exit 1
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for target in "${targets[@]}"; do
