@@ -7,7 +7,7 @@
 //! newest running sequence not yet scheduled this step (possibly itself): its blocks
 //! are freed and it goes back to the front of the waiting queue, to be recomputed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use thiserror::Error;
 
@@ -419,19 +419,35 @@ impl Scheduler {
         self.running.splice(i + 1..i + 1, forks);
     }
 
+    /// The running sequence of each chunk of `output`, in its order; `None` for one no
+    /// longer running. Valid before [`Self::update`] and after it (for those left).
+    pub fn scheduled_sequences<'a>(
+        &'a self,
+        output: &SchedulerOutput,
+    ) -> Vec<Option<&'a Sequence>> {
+        let mut cursor = RunningCursor::default();
+        output
+            .scheduled
+            .iter()
+            .map(|s| cursor.find(&self.running, s.id).map(|i| &self.running[i]))
+            .collect()
+    }
+
     /// The runner's view of each scheduled sequence, in `output` order. Call between
     /// [`Self::schedule`] and [`Self::update`].
     pub fn chunks<'a>(
         &'a self,
         output: &SchedulerOutput,
     ) -> Result<Vec<SeqChunk<'a>>, SchedulerError> {
-        let index: HashMap<SequenceId, &Sequence> =
-            self.running.iter().map(|s| (s.id(), s)).collect();
+        let mut cursor = RunningCursor::default();
         output
             .scheduled
             .iter()
             .map(|s| {
-                let seq = index.get(&s.id).ok_or(SchedulerError::NotRunning(s.id))?;
+                let i = cursor
+                    .find(&self.running, s.id)
+                    .ok_or(SchedulerError::NotRunning(s.id))?;
+                let seq = &self.running[i];
                 Ok(SeqChunk {
                     tokens: seq.token_ids(),
                     num_computed: s.num_computed,
@@ -454,17 +470,13 @@ impl Scheduler {
         output: &SchedulerOutput,
         sampled: &[(SequenceId, u32)],
     ) -> Vec<(SequenceId, FinishReason)> {
-        let tokens: HashMap<SequenceId, u32> = sampled.iter().copied().collect();
-        let index: HashMap<SequenceId, usize> = self
-            .running
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.id(), i))
-            .collect();
+        // Both walks follow `output` order, so each lookup is usually one comparison.
+        let mut cursor = RunningCursor::default();
+        let mut next_sampled = 0;
         let mut finished = Vec::new();
         let mut ready_to_fork = Vec::new();
         for s in &output.scheduled {
-            let Some(&i) = index.get(&s.id) else {
+            let Some(i) = cursor.find(&self.running, s.id) else {
                 continue;
             };
             let seq = &mut self.running[i];
@@ -477,7 +489,7 @@ impl Scheduler {
                 ready_to_fork.push(i);
                 continue;
             }
-            let Some(&token) = tokens.get(&s.id) else {
+            let Some(token) = sampled_token(sampled, &mut next_sampled, s.id) else {
                 continue;
             };
             seq.commit_computed(&mut self.alloc, s.num_new);
@@ -514,6 +526,39 @@ impl Scheduler {
             prefix_cache_hits: prefix.hits,
         }
     }
+}
+
+/// Finds running sequences by id during a walk over a step's chunks. The chunks come
+/// in running order but for a few breaks (decodes before prefills, admissions last),
+/// so each search starts where the last one ended: a step costs O(running) instead of
+/// a scan or a hash map per chunk.
+#[derive(Debug, Default)]
+struct RunningCursor {
+    next: usize,
+}
+
+impl RunningCursor {
+    fn find(&mut self, running: &[Sequence], id: SequenceId) -> Option<usize> {
+        let start = self.next.min(running.len());
+        let (before, after) = running.split_at(start);
+        let i = match after.iter().position(|s| s.id() == id) {
+            Some(offset) => start + offset,
+            None => before.iter().position(|s| s.id() == id)?,
+        };
+        self.next = i + 1;
+        Some(i)
+    }
+}
+
+/// The token sampled for `id`: `sampled` is in chunk order, so `next` usually points
+/// at it; otherwise (a caller's own order) a scan finds it.
+fn sampled_token(sampled: &[(SequenceId, u32)], next: &mut usize, id: SequenceId) -> Option<u32> {
+    let i = match sampled.get(*next) {
+        Some(&(first, _)) if first == id => *next,
+        _ => sampled.iter().position(|&(s, _)| s == id)?,
+    };
+    *next = i + 1;
+    Some(sampled[i].1)
 }
 
 fn scheduled_seq(seq: &Sequence, num_new: usize) -> ScheduledSeq {

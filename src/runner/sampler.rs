@@ -137,13 +137,11 @@ impl SequenceSampler {
             return Err(SamplerError::VocabTooLarge { len: vocab_size });
         }
         params.validate(vocab_size)?;
-        if let Some(token) = kernels::first_invalid(logits) {
-            return Err(SamplerError::NonFiniteLogit {
+        let raw_max =
+            kernels::checked_max(logits).map_err(|token| SamplerError::NonFiniteLogit {
                 token: token as u32,
                 value: logits[token],
-            });
-        }
-        let raw_max = kernels::max(logits);
+            })?;
         if raw_max == f32::NEG_INFINITY {
             return Err(SamplerError::AllMasked);
         }
@@ -169,7 +167,12 @@ impl SequenceSampler {
             sorted_output,
             penalised,
         )?;
-        let max = kernels::max(row);
+        // Without penalties `row` is `logits`: its max is known, skip a pass.
+        let max = if std::ptr::eq(row, logits) {
+            raw_max
+        } else {
+            kernels::max(row)
+        };
         let token = if params.is_greedy() {
             kernels::first_at_least(row, max)
         } else {

@@ -1,6 +1,6 @@
 //! Scheduler tests: policy, chunking, preemption, n > 1 and the no-leak proptest.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use proptest::prelude::*;
 
@@ -598,4 +598,36 @@ proptest! {
         }
         a.check_invariants().map_err(TestCaseError::fail)?;
     }
+}
+
+#[test]
+fn lookups_follow_the_output_in_any_order() {
+    let mut s = sched(64, config(8, 64, 64));
+    for id in 0..4 {
+        s.add(seq(id, 5, 8)).unwrap();
+    }
+    step(&mut s);
+    let out = s.schedule();
+    let ids: Vec<u64> = s
+        .scheduled_sequences(&out)
+        .iter()
+        .map(|q| q.unwrap().id().0)
+        .collect();
+    assert_eq!(ids, work(&out).iter().map(|w| w.0).collect::<Vec<_>>());
+    // Tokens given in reverse order still reach their own sequences.
+    let mut sampled: Vec<_> = out
+        .sampling_ids()
+        .map(|id| (id, 40 + id.0 as u32))
+        .collect();
+    sampled.reverse();
+    s.update(&out, &sampled);
+    for id in 0..4 {
+        let q = s.sequence(SequenceId(id)).unwrap();
+        assert_eq!(q.output_token_ids(), &[7, 40 + id as u32]);
+    }
+    // A chunk whose sequence ended is `None`, the others still found.
+    s.abort(SequenceId(1));
+    let found = s.scheduled_sequences(&out);
+    assert!(found[1].is_none());
+    assert_eq!(found[2].map(Sequence::id), Some(SequenceId(2)));
 }

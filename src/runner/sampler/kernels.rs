@@ -62,6 +62,28 @@ pub(super) fn max(values: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
 }
 
+/// The largest value, or the index of the first NaN or +inf: [`max`] and
+/// [`first_invalid`] in one pass, for the first (memory-bound) read of a row.
+pub(super) fn checked_max(values: &[f32]) -> Result<f32, usize> {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut invalid = [false; LANES];
+    let (chunks, rest) = as_lanes(values);
+    for chunk in chunks {
+        for ((lane, bad), &x) in lanes.iter_mut().zip(&mut invalid).zip(chunk) {
+            *lane = if x > *lane { x } else { *lane };
+            *bad |= x.is_nan() | (x == f32::INFINITY);
+        }
+    }
+    let tail_invalid = rest.iter().any(|&x| x.is_nan() || x == f32::INFINITY);
+    if tail_invalid || invalid.contains(&true) {
+        return Err(first_invalid(values).unwrap_or(0));
+    }
+    Ok(rest
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m }))
+}
+
 /// Index of the first NaN or +inf, if any.
 pub(super) fn first_invalid(values: &[f32]) -> Option<usize> {
     let invalid = |x: f32| x.is_nan() | (x == f32::INFINITY);
@@ -326,6 +348,7 @@ mod tests {
             let values: Vec<f32> = (0..len).map(|i| ((i * 37) % 101) as f32).collect();
             let want = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             assert_eq!(max(&values), want);
+            assert_eq!(checked_max(&values), Ok(want));
             assert_eq!(first_invalid(&values), None);
             for at in [0, len / 2, len.saturating_sub(1)]
                 .into_iter()
@@ -335,10 +358,14 @@ mod tests {
                     let mut row = values.clone();
                     row[at] = bad;
                     assert_eq!(first_invalid(&row), Some(at));
+                    // A second bad entry later must not hide the first.
+                    row[len - 1] = f32::NAN;
+                    assert_eq!(checked_max(&row), Err(at));
                 }
             }
         }
         assert_eq!(max(&[f32::NEG_INFINITY, f32::NAN, -3.0]), -3.0);
+        assert_eq!(checked_max(&[f32::NEG_INFINITY; 9]), Ok(f32::NEG_INFINITY));
     }
 
     #[test]
