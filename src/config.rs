@@ -5,7 +5,7 @@ use clap::Args;
 
 use crate::engine::EngineConfig;
 use crate::loader::hf_hub::HubSettings;
-use crate::loader::{DTypeChoice, FetchSettings};
+use crate::loader::{DTypeChoice, FetchSettings, LoadFormat, LoadOptions};
 
 /// Which model, in which dtype, on which device.
 #[derive(Args, Debug, Clone)]
@@ -19,6 +19,11 @@ pub struct ModelArgs {
     /// auto | cpu | cuda[:N].
     #[arg(long, default_value = "auto", env = "SURGE_DEVICE")]
     pub device: String,
+    /// auto: the model's weights; dummy: random weights of its config.json's shapes, made
+    /// on the device (a directory with config.json and tokenizer.json is enough; for
+    /// benchmarks, e.g. tests/support/llama-3.1-8b/config.json + the Llama 3 tokenizer).
+    #[arg(long, value_enum, default_value_t = LoadFormat::Auto, env = "SURGE_LOAD_FORMAT")]
+    pub load_format: LoadFormat,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -102,6 +107,14 @@ impl ModelArgs {
         }
     }
 
+    /// `--dtype` and `--load-format`, for [`crate::loader::load_with`].
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            dtype: self.dtype,
+            load_format: self.load_format,
+        }
+    }
+
     /// `--model`, or the demo model when it is absent.
     pub fn model_or_demo(&self) -> anyhow::Result<String> {
         if let Some(model) = &self.model {
@@ -136,6 +149,10 @@ pub struct EngineArgs {
     /// KV cache budget on CPU, e.g. 4GiB or 512MiB.
     #[arg(long, default_value = "4GiB", env = "SURGE_KV_CACHE_MEMORY")]
     pub kv_cache_memory: bytesize::ByteSize,
+    /// On a GPU: the share of its memory surge may use in all (weights, activations and
+    /// the KV cache, which gets what the other two leave), in (0, 1].
+    #[arg(long, default_value_t = 0.9, env = "SURGE_GPU_MEMORY_UTILIZATION")]
+    pub gpu_memory_utilization: f64,
     #[arg(long, overrides_with = "no_enable_prefix_caching")]
     pub enable_prefix_caching: bool,
     #[arg(long, env = "SURGE_NO_ENABLE_PREFIX_CACHING")]
@@ -157,11 +174,17 @@ impl EngineArgs {
             self.max_num_batched_tokens > 0,
             "--max-num-batched-tokens must be at least 1"
         );
+        anyhow::ensure!(
+            self.gpu_memory_utilization > 0.0 && self.gpu_memory_utilization <= 1.0,
+            "--gpu-memory-utilization must be in (0, 1], not {}",
+            self.gpu_memory_utilization
+        );
         Ok(EngineConfig {
             block_size: self.block_size,
             max_num_seqs: self.max_num_seqs,
             max_num_batched_tokens: self.max_num_batched_tokens,
             kv_cache_memory: usize::try_from(self.kv_cache_memory.as_u64())?,
+            gpu_memory_utilization: self.gpu_memory_utilization,
             max_model_len: self.max_model_len,
             enable_prefix_caching: !self.no_enable_prefix_caching,
             max_num_queued_reqs: self.max_num_queued_reqs,

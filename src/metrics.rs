@@ -94,6 +94,10 @@ pub struct CacheInfo {
     pub enable_prefix_caching: bool,
     pub cache_dtype: String,
     pub max_model_len: usize,
+    /// The KV cache's memory budget in bytes.
+    pub kv_cache_memory_bytes: usize,
+    /// `--gpu-memory-utilization`, reported on every device as vLLM does.
+    pub gpu_memory_utilization: f64,
 }
 
 /// Histograms whose buckets follow `--max-model-len`, registered once it is known.
@@ -351,6 +355,14 @@ impl Metrics {
             .const_label("block_size", cache.block_size.to_string())
             .const_label("num_gpu_blocks", cache.num_blocks.to_string())
             .const_label("num_cpu_blocks", "None")
+            .const_label(
+                "kv_cache_memory_bytes",
+                cache.kv_cache_memory_bytes.to_string(),
+            )
+            .const_label(
+                "gpu_memory_utilization",
+                cache.gpu_memory_utilization.to_string(),
+            )
             .const_label("cache_dtype", &cache.cache_dtype)
             .const_label(
                 "enable_prefix_caching",
@@ -433,6 +445,8 @@ mod tests {
                 enable_prefix_caching: true,
                 cache_dtype: "auto".into(),
                 max_model_len: 64,
+                kv_cache_memory_bytes: 1 << 20,
+                gpu_memory_utilization: 0.9,
             },
             ("local", "f32", "cpu"),
         )

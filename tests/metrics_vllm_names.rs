@@ -216,6 +216,10 @@ fn shared_metrics_have_vllms_names_types_labels_and_buckets() {
     assert_eq!(info.1["block_size"], "16");
     assert!(info.1["num_gpu_blocks"].parse::<usize>().unwrap() > 0);
     assert_eq!(info.1["enable_prefix_caching"], "True");
+    // The budget the blocks were carved from (on CPU, --kv-cache-memory) holds them all.
+    let budget: usize = info.1["kv_cache_memory_bytes"].parse().unwrap();
+    assert!(budget > 0, "{text}");
+    assert_eq!(info.1["gpu_memory_utilization"], "0.9");
     assert_eq!(m.types["vllm:cache_config_info"], "gauge");
 
     // surge's own signals.

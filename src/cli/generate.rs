@@ -66,7 +66,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let device = select_device(&args.model.device)?;
     let source =
         ModelSource::parse(&args.model.model_or_demo()?)?.fetch(&args.model.fetch_settings())?;
-    let loaded = loader::load(&source, args.model.dtype, &device)?;
+    let loaded = loader::load_with(&source, &args.model.load_options(), &device)?;
     let engine_config = args.engine.engine_config()?;
     let params = SamplingParams {
         temperature: args.temperature,

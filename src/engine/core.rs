@@ -24,13 +24,15 @@ use crate::runner::sampler::{SamplerWorkspace, SequenceSampler};
 use crate::runner::ModelRunner;
 
 /// The engine's limits (vLLM's flags of the same names).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
     pub block_size: usize,
     pub max_num_seqs: usize,
     pub max_num_batched_tokens: usize,
     /// KV cache budget in bytes (`--kv-cache-memory`, CPU).
     pub kv_cache_memory: usize,
+    /// Share of a GPU's memory surge may use in all (`--gpu-memory-utilization`, GPU).
+    pub gpu_memory_utilization: f64,
     pub max_model_len: Option<usize>,
     pub enable_prefix_caching: bool,
     /// Requests waiting beyond this are refused with `QueueFull`.
@@ -46,6 +48,7 @@ impl Default for EngineConfig {
             max_num_seqs: 256,
             max_num_batched_tokens: 2048,
             kv_cache_memory: 4 << 30,
+            gpu_memory_utilization: 0.9,
             max_model_len: None,
             enable_prefix_caching: true,
             max_num_queued_reqs: None,
@@ -59,6 +62,8 @@ impl Default for EngineConfig {
 pub struct EngineInfo {
     pub capacity: KvCapacity,
     pub block_size: usize,
+    /// The KV cache's memory budget (`--kv-cache-memory`, or what the GPU left).
+    pub kv_cache_bytes: usize,
 }
 
 struct SeqState {
@@ -124,10 +129,11 @@ pub fn start_with_metrics(
         head_dim: c.head_dim,
     };
     anyhow::ensure!(config.block_size > 0, "--block-size must be at least 1");
+    let budget = crate::runner::memory::kv_cache_budget(loaded, config)?;
     let capacity = capacity::plan(
         shape,
         loaded.dtype,
-        config.kv_cache_memory,
+        budget.bytes,
         c.max_position_embeddings,
         config.max_model_len,
     )?;
@@ -188,6 +194,7 @@ pub fn start_with_metrics(
         EngineInfo {
             capacity,
             block_size: config.block_size,
+            kv_cache_bytes: budget.bytes,
         },
         thread,
     ))
@@ -413,10 +420,12 @@ impl EngineCore {
         self.stats.step_times.record(self.stats.last_step_time);
         self.stats.last_step_tokens = out.num_batched_tokens();
         self.stats.num_steps += 1;
+        let seqs = self.scheduler.scheduled_sequences(&out);
         self.stats.prompt_tokens_computed += out
             .scheduled
             .iter()
-            .map(|s| self.prompt_part(s.id, s.num_computed, s.num_new))
+            .zip(seqs)
+            .map(|(s, seq)| prompt_part(seq, s.num_computed, s.num_new))
             .sum::<usize>() as u64;
         if let Some(m) = &self.metrics {
             m.iteration_tokens
@@ -424,17 +433,6 @@ impl EngineCore {
         }
         self.publish();
         true
-    }
-
-    /// Tokens of a chunk that belong to the prompt (the rest recompute output after a preemption).
-    fn prompt_part(&self, seq: SequenceId, num_computed: usize, num_new: usize) -> usize {
-        let prompt_len = self
-            .scheduler
-            .sequence(seq)
-            .map_or(0, Sequence::num_prompt_tokens);
-        (num_computed + num_new)
-            .min(prompt_len)
-            .saturating_sub(num_computed)
     }
 
     fn forward_and_sample(&mut self, out: &SchedulerOutput) -> anyhow::Result<()> {
@@ -452,9 +450,11 @@ impl EngineCore {
         let vocab = logits.dim(1)?;
         let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?;
         let mut sampled = Vec::new();
-        for (row, id) in out.sampling_ids().enumerate() {
-            let (Some(state), Some(seq)) = (self.seqs.get_mut(&id), self.scheduler.sequence(id))
-            else {
+        let seqs = self.scheduler.scheduled_sequences(out);
+        let sampling = out.scheduled.iter().zip(seqs).filter(|(s, _)| s.samples);
+        for (row, (s, seq)) in sampling.enumerate() {
+            let id = s.id;
+            let (Some(state), Some(seq)) = (self.seqs.get_mut(&id), seq) else {
                 continue;
             };
             let row = &logits[row * vocab..(row + 1) * vocab];
@@ -536,4 +536,13 @@ impl EngineCore {
         self.stats_tx.send_replace(self.stats.clone());
         self.ended.clear();
     }
+}
+
+/// Tokens of a chunk of `seq` that belong to the prompt (the rest recompute output
+/// after a preemption); none once the sequence is gone.
+fn prompt_part(seq: Option<&Sequence>, num_computed: usize, num_new: usize) -> usize {
+    let prompt_len = seq.map_or(0, Sequence::num_prompt_tokens);
+    (num_computed + num_new)
+        .min(prompt_len)
+        .saturating_sub(num_computed)
 }

@@ -24,7 +24,7 @@ impl KvCacheShape {
     }
 }
 
-/// Per-layer K and V caches. Written in place by `ops::reshape_and_cache`.
+/// Per-layer K and V caches. Written in place by `ops::AttentionPlan::write_cache`.
 pub struct KvCache {
     shape: KvCacheShape,
     layers: Vec<(Tensor, Tensor)>,
@@ -51,6 +51,15 @@ impl KvCache {
 
     pub fn shape(&self) -> KvCacheShape {
         self.shape
+    }
+
+    /// Bytes of every layer's K and V.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .first()
+            .map_or(0, |(k, _)| k.elem_count() * k.dtype().size_in_bytes())
+            * 2
+            * self.layers.len()
     }
 
     /// Copies blocks `(src, dst)` in every layer's K and V (copy-on-write).

@@ -6,6 +6,10 @@ use std::path::PathBuf;
 pub enum LoadError {
     #[error("model file not found: {0}")]
     MissingFile(PathBuf),
+    #[error("{}: no weights: model.safetensors not found, nor model.safetensors.index.json (for random weights of its config.json, as in benchmarks, pass --load-format dummy)", .0.display())]
+    MissingWeights(PathBuf),
+    #[error("{}: --load-format dummy needs a model directory (config.json and tokenizer.json), not a GGUF file", .0.display())]
+    DummyGguf(PathBuf),
     #[error("`{0}` is neither a model directory, a .gguf file, nor a Hugging Face hub id (org/name[@revision])")]
     UnknownSource(String),
     #[error("Hugging Face hub: {0}")]

@@ -141,6 +141,18 @@ impl LlamaConfig {
         }
         Ok(())
     }
+
+    /// Parameters of the dense model these shapes describe (embeddings, an untied
+    /// lm_head, projections and RMSNorm weights; Llama has no biases).
+    pub fn num_parameters(&self) -> usize {
+        let (h, i) = (self.hidden_size, self.intermediate_size);
+        let q_dim = self.num_attention_heads * self.head_dim;
+        let kv_dim = self.num_key_value_heads * self.head_dim;
+        let attention = h * q_dim + 2 * h * kv_dim + q_dim * h;
+        let layer = attention + 3 * h * i + 2 * h;
+        let heads = if self.tie_word_embeddings { 1 } else { 2 };
+        heads * self.vocab_size * h + self.num_hidden_layers * layer + h
+    }
 }
 
 struct Fields<'a> {
@@ -265,6 +277,54 @@ mod tests {
             c.rope_scaling.unwrap().original_max_position_embeddings,
             1024
         );
+    }
+
+    /// The shipped Llama 3.1 8B config (tests/support/llama-3.1-8b, the dummy-weight
+    /// benchmark model) has the real geometry.
+    #[test]
+    fn llama31_8b_config_has_8b_geometry() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/llama-3.1-8b/config.json");
+        let c = LlamaConfig::from_file(&path).unwrap();
+        assert_eq!(
+            (c.hidden_size, c.intermediate_size, c.num_hidden_layers),
+            (4096, 14336, 32)
+        );
+        assert_eq!(
+            (c.num_attention_heads, c.num_key_value_heads, c.head_dim),
+            (32, 8, 128)
+        );
+        assert_eq!(c.vocab_size, 128_256);
+        assert_eq!(c.max_position_embeddings, 131_072);
+        assert_eq!(c.rope_theta, 500_000.0);
+        assert_eq!(c.rms_norm_eps, 1e-5);
+        assert_eq!(
+            c.rope_scaling,
+            Some(Llama3RopeScaling {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192,
+            })
+        );
+        assert!(!c.tie_word_embeddings);
+        assert_eq!(c.bos_token_id, Some(128_000));
+        assert_eq!(c.eos_token_ids, vec![128_001, 128_008, 128_009]);
+        // Meta's published count for Llama 3.1 8B: 8.03B.
+        assert_eq!(c.num_parameters(), 8_030_261_248);
+    }
+
+    #[test]
+    fn tied_embeddings_count_once() {
+        let mut j = base();
+        let untied = LlamaConfig::from_json(Path::new("config.json"), &j)
+            .unwrap()
+            .num_parameters();
+        j["tie_word_embeddings"] = json!(true);
+        let tied = LlamaConfig::from_json(Path::new("config.json"), &j)
+            .unwrap()
+            .num_parameters();
+        assert_eq!(untied - tied, 100 * 64);
     }
 
     #[test]

@@ -1,21 +1,35 @@
 //! A model directory in Hugging Face layout: config.json, safetensors (one file or
-//! sharded through model.safetensors.index.json) and the tokenizer files.
+//! sharded through model.safetensors.index.json) and the tokenizer files; with
+//! `--load-format dummy`, config.json and tokenizer.json are enough.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
-use super::{DTypeChoice, LlamaConfig, LoadError, Weights};
+use super::{DTypeChoice, LlamaConfig, LoadError, LoadFormat, Weights};
 use crate::frontend::tokenizer::Tokenizer;
 
 pub fn load(
     dir: &Path,
     dtype: DTypeChoice,
+    load_format: LoadFormat,
     device: &Device,
 ) -> Result<(LlamaConfig, Weights, Tokenizer), LoadError> {
     let config = LlamaConfig::from_file(&dir.join("config.json"))?;
-    let files = safetensors_files(dir)?;
-    let weights = Weights::from_safetensors(&files, dtype.resolve(device), device)?;
+    let dtype = dtype.resolve(device);
+    let weights = match load_format {
+        LoadFormat::Auto => Weights::from_safetensors(&safetensors_files(dir)?, dtype, device)?,
+        LoadFormat::Dummy => {
+            tracing::warn!(
+                dir = %dir.display(),
+                num_parameters = config.num_parameters(),
+                dtype = ?dtype,
+                "--load-format dummy: weights are random (normal, std {}; norms 1), outputs are meaningless",
+                super::dummy::DUMMY_STD
+            );
+            Weights::random(dtype, device)
+        }
+    };
     let tokenizer = Tokenizer::from_hf_dir(dir).map_err(|e| LoadError::Tokenizer {
         file: dir.to_path_buf(),
         message: e.to_string(),
@@ -29,7 +43,7 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     if !index.exists() {
         let single = dir.join("model.safetensors");
         if !single.is_file() {
-            return Err(LoadError::MissingFile(single));
+            return Err(LoadError::MissingWeights(dir.to_path_buf()));
         }
         return Ok(vec![single]);
     }

@@ -1,5 +1,6 @@
 //! Model sources: turns `--model` into a model config, weights and a tokenizer.
 
+pub mod dummy;
 pub mod error;
 pub mod gguf;
 pub mod hf_config;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 
+pub use dummy::LoadFormat;
 pub use error::LoadError;
 pub use hf_config::LlamaConfig;
 pub use weights::{DTypeChoice, Weights};
@@ -98,15 +100,39 @@ pub struct LoadedModel {
     pub device: Device,
 }
 
-/// Loads a model onto `device`: config, tokenizer, and every weight (so that any
-/// problem with the files surfaces here, not at the first request).
+/// How to load: `--dtype` and `--load-format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    pub dtype: DTypeChoice,
+    pub load_format: LoadFormat,
+}
+
+/// Loads a model onto `device` with the source's own weights; see [`load_with`].
 pub fn load(
     source: &ModelSource,
     dtype: DTypeChoice,
     device: &Device,
 ) -> Result<LoadedModel, LoadError> {
+    let options = LoadOptions {
+        dtype,
+        load_format: LoadFormat::Auto,
+    };
+    load_with(source, &options, device)
+}
+
+/// Loads a model onto `device`: config, tokenizer, and every weight (so that any
+/// problem with the files surfaces here, not at the first request).
+pub fn load_with(
+    source: &ModelSource,
+    options: &LoadOptions,
+    device: &Device,
+) -> Result<LoadedModel, LoadError> {
+    let LoadOptions { dtype, load_format } = *options;
     let (config, weights, tokenizer) = match source {
-        ModelSource::Local(dir) => hf_dir::load(dir, dtype, device)?,
+        ModelSource::Local(dir) => hf_dir::load(dir, dtype, load_format, device)?,
+        ModelSource::Gguf(file) if load_format == LoadFormat::Dummy => {
+            return Err(LoadError::DummyGguf(file.clone()))
+        }
         ModelSource::Gguf(file) => gguf::load(file, dtype, device)?,
         remote => return Err(LoadError::NotFetched(format!("{remote:?}"))),
     };

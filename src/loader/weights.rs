@@ -1,6 +1,6 @@
 //! Weight storage behind one interface: memory-mapped safetensors (one file or
-//! sharded) and GGUF (quantized tensors stay quantized). Tensors are looked up by
-//! their Hugging Face names whatever the format.
+//! sharded), GGUF (quantized tensors stay quantized) and random (`--load-format
+//! dummy`). Tensors are looked up by their Hugging Face names whatever the format.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -48,6 +48,8 @@ pub struct Weights {
 enum Store {
     Safetensors(Vec<SafetensorsFile>),
     Gguf(GgufFile),
+    /// Every tensor asked for is made up, in the shape asked for.
+    Random,
 }
 
 struct SafetensorsFile {
@@ -104,6 +106,16 @@ impl Weights {
         }
     }
 
+    /// Random weights (`--load-format dummy`), each made on `device` in `dtype` when
+    /// the model asks for it.
+    pub fn random(dtype: DType, device: &Device) -> Self {
+        Self {
+            store: Store::Random,
+            dtype,
+            device: device.clone(),
+        }
+    }
+
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -122,6 +134,7 @@ impl Weights {
             Store::Gguf(g) => {
                 gguf_name(name).is_some_and(|n| g.content.tensor_infos.contains_key(&n))
             }
+            Store::Random => true,
         }
     }
 
@@ -138,6 +151,7 @@ impl Weights {
             Store::Gguf(g) => g
                 .load(name, shape, &self.device)?
                 .dequantize(&self.device)?,
+            Store::Random => super::dummy::tensor(name, shape, self.dtype, &self.device)?,
         };
         Ok(t.to_dtype(self.dtype)?)
     }
@@ -145,7 +159,9 @@ impl Weights {
     /// A `[out, in]` projection: dense for safetensors, quantized for GGUF.
     pub fn linear(&self, name: &str, out_dim: usize, in_dim: usize) -> Result<Linear, LoadError> {
         match &self.store {
-            Store::Safetensors(_) => Ok(Linear::dense(self.tensor(name, &[out_dim, in_dim])?)),
+            Store::Safetensors(_) | Store::Random => {
+                Ok(Linear::dense(self.tensor(name, &[out_dim, in_dim])?))
+            }
             Store::Gguf(g) => {
                 let q = g.load(name, &[out_dim, in_dim], &self.device)?;
                 Ok(Linear::quantized(QMatMul::from_qtensor(q)?))
@@ -161,6 +177,7 @@ impl Weights {
                 .and_then(|f| f.path.parent())
                 .map_or_else(PathBuf::new, Path::to_path_buf),
             Store::Gguf(g) => g.path.clone(),
+            Store::Random => PathBuf::from("<random weights>"),
         };
         LoadError::MissingTensor {
             file,

@@ -6,6 +6,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Result, Tensor};
 
 use super::vec_dot_rounding;
+use crate::ops;
 
 /// Batches of at least this many rows run quantized weights through an f32 copy:
 /// candle's CPU quantized kernels cost the same per row at any batch size (Q4_1 has no
@@ -80,6 +81,12 @@ impl RmsNorm {
 
     /// `x`: `[num_tokens, hidden]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm(x, &self.weight, self.eps)
+        ops::rms_norm(x, &self.weight, self.eps)
+    }
+
+    /// Adds `x` to the residual stream and normalises the sum, in one pass:
+    /// returns `(norm(x + residual), x + residual)`.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<(Tensor, Tensor)> {
+        ops::add_rms_norm(x, residual, &self.weight, self.eps)
     }
 }

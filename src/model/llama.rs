@@ -9,7 +9,7 @@ use super::CausalLm;
 use crate::engine::batch::BatchInputs;
 use crate::kv_cache::KvCache;
 use crate::loader::{LlamaConfig, LoadError, Weights};
-use crate::ops;
+use crate::ops::{self, AttentionPlan};
 
 struct Attention {
     q_proj: Linear,
@@ -40,7 +40,6 @@ pub struct Llama {
     norm: RmsNorm,
     lm_head: Linear,
     rope: Rope,
-    dtype: DType,
     device: Device,
 }
 
@@ -97,7 +96,6 @@ impl Llama {
             norm: norm("model.norm.weight")?,
             lm_head,
             rope: Rope::new(head_dim, c.rope_theta, c.rope_scaling, &device)?,
-            dtype: weights.dtype(),
             device,
         })
     }
@@ -108,9 +106,9 @@ impl Attention {
     fn forward(
         &self,
         x: &Tensor,
-        (cos, sin): (&Tensor, &Tensor),
+        (rope, positions): (&Rope, &Tensor),
         (k_cache, v_cache): (&Tensor, &Tensor),
-        batch: &BatchInputs,
+        plan: &AttentionPlan,
         c: &LlamaConfig,
     ) -> Result<Tensor> {
         let num_tokens = x.dim(0)?;
@@ -118,13 +116,12 @@ impl Attention {
         let q = heads(self.q_proj.forward(x)?, c.num_attention_heads)?;
         let k = heads(self.k_proj.forward(x)?, c.num_key_value_heads)?;
         let v = heads(self.v_proj.forward(x)?, c.num_key_value_heads)?;
-        let q = Rope::apply(&q, cos, sin)?;
-        let k = Rope::apply(&k, cos, sin)?;
-        let slots = &batch.attention.slot_mapping;
-        ops::reshape_and_cache(k_cache, &k, slots)?;
-        ops::reshape_and_cache(v_cache, &v.contiguous()?, slots)?;
+        let q = rope.apply(&q, positions)?;
+        let k = rope.apply(&k, positions)?;
+        plan.write_cache(k_cache, &k)?;
+        plan.write_cache(v_cache, &v)?;
         let scale = 1.0 / (c.head_dim as f32).sqrt();
-        let attn = ops::paged_attention(&q, k_cache, v_cache, &batch.attention, scale)?;
+        let attn = plan.attention(&q, k_cache, v_cache, scale)?;
         self.o_proj
             .forward(&attn.reshape((num_tokens, c.num_attention_heads * c.head_dim))?)
     }
@@ -132,8 +129,9 @@ impl Attention {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        let gate = self.gate_proj.forward(x)?;
+        self.down_proj
+            .forward(&ops::silu_mul(&gate, &self.up_proj.forward(x)?)?)
     }
 }
 
@@ -142,19 +140,28 @@ impl CausalLm for Llama {
         let num_tokens = batch.num_tokens();
         let ids = Tensor::from_slice(&batch.token_ids, num_tokens, &self.device)?;
         let positions = Tensor::from_slice(&batch.positions, num_tokens, &self.device)?;
-        let (cos, sin) = self.rope.cos_sin(&positions, self.dtype)?;
+        let plan = AttentionPlan::new(&batch.attention, &self.device)?;
+        // The residual stream `x`; each norm after the first also adds the previous
+        // sublayer's output to it (fused residual add + RMSNorm).
         let mut x = self.embed_tokens.index_select(&ids, 0)?;
+        let mut h = match self.layers.first() {
+            Some(first) => first.input_layernorm.forward(&x)?,
+            None => x.clone(),
+        };
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.input_layernorm.forward(&x)?;
-            let h =
-                layer
-                    .attention
-                    .forward(&h, (&cos, &sin), cache.layer(i), batch, &self.config)?;
-            x = (x + h)?;
-            let h = layer
-                .mlp
-                .forward(&layer.post_attention_layernorm.forward(&x)?)?;
-            x = (x + h)?;
+            let attn = layer.attention.forward(
+                &h,
+                (&self.rope, &positions),
+                cache.layer(i),
+                &plan,
+                &self.config,
+            )?;
+            let (normed, sum) = layer.post_attention_layernorm.forward_add(&attn, &x)?;
+            let mlp = layer.mlp.forward(&normed)?;
+            match self.layers.get(i + 1) {
+                Some(next) => (h, x) = next.input_layernorm.forward_add(&mlp, &sum)?,
+                None => x = (sum + mlp)?,
+            }
         }
         let rows = Tensor::from_slice(
             &batch.logits_indices,

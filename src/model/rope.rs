@@ -1,14 +1,15 @@
 //! Rotary position embeddings (HF rotate-half layout) with Llama 3.1 frequency scaling.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 
 use crate::loader::hf_config::Llama3RopeScaling;
+use crate::ops;
 
-/// Inverse frequencies of one head; cos/sin are computed per batch from positions, so
-/// no table sized by max_position_embeddings is kept.
+/// Inverse frequencies of one head; the angles are computed per token from its position
+/// (in `ops::rope`), so no table sized by max_position_embeddings is kept.
 #[derive(Debug, Clone)]
 pub struct Rope {
-    /// `[head_dim / 2]`, f32.
+    /// `[head_dim / 2]`, f32, with any llama3 scaling applied.
     inv_freq: Tensor,
 }
 
@@ -25,20 +26,13 @@ impl Rope {
             .collect();
         let len = inv_freq.len();
         Ok(Self {
-            inv_freq: Tensor::from_vec(inv_freq, (1, len), device)?,
+            inv_freq: Tensor::from_vec(inv_freq, len, device)?,
         })
     }
 
-    /// `positions`: `[num_tokens]` u32 → (cos, sin), each `[num_tokens, head_dim / 2]` in `dtype`.
-    pub fn cos_sin(&self, positions: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {
-        let positions = positions.to_dtype(DType::F32)?.unsqueeze(1)?;
-        let freqs = positions.matmul(&self.inv_freq)?;
-        Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
-    }
-
-    /// `x`: `[num_tokens, num_heads, head_dim]`, contiguous; cos/sin from [`Self::cos_sin`].
-    pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        candle_nn::rotary_emb::rope_thd(&x.unsqueeze(0)?, cos, sin)?.squeeze(0)
+    /// `x`: `[num_tokens, num_heads, head_dim]`; `positions`: u32 `[num_tokens]`.
+    pub fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        ops::rope(x, positions, &self.inv_freq)
     }
 }
 

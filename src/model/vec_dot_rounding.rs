@@ -26,7 +26,9 @@ pub fn vec_dot_dtype(weight: GgmlDType) -> GgmlDType {
 pub fn round_activations(x: &Tensor, weight: GgmlDType) -> Result<Tensor> {
     match vec_dot_dtype(weight) {
         GgmlDType::F32 => Ok(x.clone()),
-        dtype => QTensor::quantize(&x.contiguous()?, dtype)?.dequantize(x.device()),
+        // `QTensor::quantize` reads the tensor's whole storage, ignoring a view's offset
+        // (the fused add + RMSNorm returns views into one buffer): give it its own copy.
+        dtype => QTensor::quantize(&x.force_contiguous()?, dtype)?.dequantize(x.device()),
     }
 }
 

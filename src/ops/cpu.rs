@@ -1,14 +1,17 @@
 //! CPU paged attention and cache writes: the reference for every GPU kernel and the
 //! CPU serving path. KV layout: `[num_blocks, block_size, num_kv_heads, head_dim]`.
 
-use candle_core::{bail, CpuStorage, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, Layout, Result, Shape};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::AttentionMetadata;
 
-/// The widest head the CPU path keeps on the stack.
-const MAX_HEAD_DIM: usize = 512;
+mod fused;
+
+pub(crate) use fused::{AddRmsNorm, RmsNorm, Rope, SiluMul};
+
+use super::check::MAX_HEAD_DIM;
 
 /// A float element the CPU ops read and write; all math happens in f32.
 trait Elem: Copy + Send + Sync + 'static {
@@ -48,41 +51,6 @@ fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [
         Some((start, end)) => Ok(&data[start..end]),
         None => bail!("{what} must be contiguous"),
     }
-}
-
-/// Validates shapes and slots before a cache write, so the op itself cannot go out of bounds.
-pub(crate) fn check_cache_write(
-    cache: &Tensor,
-    new: &Tensor,
-    slot_mapping: &[usize],
-) -> Result<()> {
-    let (num_blocks, block_size, kv_heads, head_dim) = cache.dims4()?;
-    let (num_tokens, new_heads, new_dim) = new.dims3()?;
-    if (new_heads, new_dim) != (kv_heads, head_dim) {
-        bail!(
-            "reshape_and_cache: new {:?} does not match cache {:?}",
-            new.shape(),
-            cache.shape()
-        )
-    }
-    if slot_mapping.len() != num_tokens {
-        bail!(
-            "reshape_and_cache: {} slots for {num_tokens} tokens",
-            slot_mapping.len()
-        )
-    }
-    let num_slots = num_blocks * block_size;
-    if let Some(bad) = slot_mapping.iter().find(|&&s| s >= num_slots) {
-        bail!("reshape_and_cache: slot {bad} outside the cache's {num_slots} slots")
-    }
-    if cache.dtype() != new.dtype() {
-        bail!(
-            "reshape_and_cache: cache is {:?}, new is {:?}",
-            cache.dtype(),
-            new.dtype()
-        )
-    }
-    Ok(())
 }
 
 /// In-place cache write; see [`super::reshape_and_cache`].
@@ -159,61 +127,6 @@ impl candle_core::InplaceOp1 for CopyBlocks<'_> {
             _ => bail!("copy_blocks: unsupported dtype"),
         }
     }
-}
-
-/// Validates the batch layout against the tensors, so attention cannot read out of bounds.
-pub(crate) fn check_attention(
-    q: &Tensor,
-    k_cache: &Tensor,
-    v_cache: &Tensor,
-    meta: &AttentionMetadata,
-) -> Result<()> {
-    let (num_tokens, num_heads, head_dim) = q.dims3()?;
-    let (num_blocks, block_size, kv_heads, kv_dim) = k_cache.dims4()?;
-    if k_cache.shape() != v_cache.shape() {
-        bail!(
-            "paged_attention: k_cache {:?} != v_cache {:?}",
-            k_cache.shape(),
-            v_cache.shape()
-        )
-    }
-    if kv_dim != head_dim || kv_heads == 0 || num_heads % kv_heads != 0 {
-        bail!(
-            "paged_attention: q {:?} does not fit cache {:?}",
-            q.shape(),
-            k_cache.shape()
-        )
-    }
-    if head_dim > MAX_HEAD_DIM {
-        bail!("paged_attention: head_dim {head_dim} over {MAX_HEAD_DIM}")
-    }
-    if block_size != meta.block_size {
-        bail!(
-            "paged_attention: cache block size {block_size}, metadata {}",
-            meta.block_size
-        )
-    }
-    let num_seqs = meta.num_seqs();
-    if meta.query_start.len() != num_seqs + 1
-        || meta.block_tables.len() != num_seqs
-        || meta.query_start.first() != Some(&0)
-        || meta.query_start.last() != Some(&num_tokens)
-        || meta.query_start.windows(2).any(|w| w[0] > w[1])
-    {
-        bail!("paged_attention: inconsistent metadata for {num_tokens} tokens and {num_seqs} sequences")
-    }
-    for s in 0..num_seqs {
-        let query_len = meta.query_start[s + 1] - meta.query_start[s];
-        let context_len = meta.context_lens[s];
-        let table = &meta.block_tables[s];
-        if context_len < query_len || table.len() * block_size < context_len {
-            bail!("paged_attention: sequence {s}: context {context_len}, queries {query_len}, {} blocks", table.len())
-        }
-        if let Some(bad) = table.iter().find(|&&b| b as usize >= num_blocks) {
-            bail!("paged_attention: sequence {s}: block {bad} outside the cache's {num_blocks}")
-        }
-    }
-    Ok(())
 }
 
 /// Paged causal attention; see [`super::paged_attention`].

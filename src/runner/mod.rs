@@ -1,11 +1,15 @@
 //! The model runner: one model and its paged KV cache on one device.
 
+mod device;
+pub mod memory;
 pub mod offline;
 pub mod sampler;
 
+pub use device::{select_device, DeviceChoice};
+
 use std::sync::Arc;
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 use crate::engine::batch::{BatchInputs, SeqChunk};
 use crate::kv_cache::{KvCache, KvCacheShape};
@@ -41,15 +45,21 @@ impl ModelRunner {
         self.model.forward(batch, &self.cache)
     }
 
-    /// One prefill of up to 32 tokens into the cache's first
-    /// blocks, logits discarded: it pays one-time costs (lazy weight copies, allocator
-    /// warm-up, kernel loading) before the first request. The blocks it writes are free,
-    /// and a sequence that later takes them overwrites them before reading.
+    /// One prefill of up to 32 tokens into the cache's first blocks, logits discarded: it
+    /// pays one-time costs (lazy weight copies, allocator warm-up, kernel loading) before
+    /// the first request. The blocks it writes are free, and a sequence that later takes
+    /// them overwrites them before reading.
     pub fn warmup(&self) -> Result<()> {
         let shape = self.cache.shape();
-        let capacity = shape.num_blocks * shape.block_size;
-        let len = 32.min(capacity).max(1);
-        let tokens: Vec<u32> = (0..len as u32).collect();
+        self.prefill_dummy(32.min(shape.num_blocks * shape.block_size).max(1))
+    }
+
+    /// Prefills one sequence of `len` arbitrary tokens into the cache's first blocks
+    /// (there must be enough), discarding the logits.
+    pub fn prefill_dummy(&self, len: usize) -> Result<()> {
+        let shape = self.cache.shape();
+        let vocab = self.model.config().vocab_size as u32;
+        let tokens: Vec<u32> = (0..len as u32).map(|t| t % vocab).collect();
         let blocks: Vec<u32> = (0..len.div_ceil(shape.block_size) as u32).collect();
         let batch = BatchInputs::prepare(
             &[SeqChunk {
@@ -64,6 +74,11 @@ impl ModelRunner {
         self.execute(&batch).map(drop)
     }
 
+    /// Bytes the KV cache holds.
+    pub fn cache_bytes(&self) -> usize {
+        self.cache.bytes()
+    }
+
     /// Copy-on-write block copies the scheduler asked for, before the next forward.
     pub fn copy_blocks(&self, pairs: &[(usize, usize)]) -> Result<()> {
         self.cache.copy_blocks(pairs)
@@ -71,13 +86,5 @@ impl ModelRunner {
 
     pub fn cache_shape(&self) -> KvCacheShape {
         self.cache.shape()
-    }
-}
-
-/// `--device`: where the model runs.
-pub fn select_device(name: &str) -> anyhow::Result<Device> {
-    match name {
-        "auto" | "cpu" => Ok(Device::Cpu),
-        other => anyhow::bail!("--device {other}: this build of surge supports only cpu (build with --features cuda for GPUs)"),
     }
 }

@@ -33,11 +33,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The repository: where the test binary was built, or `SURGE_REPO_DIR` when it runs
+/// elsewhere (a GPU host running binaries built on another machine).
+pub fn repo_dir() -> PathBuf {
+    std::env::var_os("SURGE_REPO_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// The fetched model cache (`tests/support/fetch-models.sh`).
 pub fn model_cache() -> PathBuf {
     std::env::var_os("SURGE_MODEL_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models"))
+        .unwrap_or_else(|| repo_dir().join(".cache/models"))
 }
 
 /// A path inside the model cache, which must exist: tests never skip silently.
@@ -123,10 +131,8 @@ pub fn write_tiny_llama(dir: &Path, c: TinyConfig) {
     )
     .unwrap();
     std::fs::copy(llama3_tokenizer(), dir.join("tokenizer.json")).unwrap();
-    let template = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/templates/llama3.jinja"),
-    )
-    .unwrap();
+    let template =
+        std::fs::read_to_string(repo_dir().join("tests/fixtures/templates/llama3.jinja")).unwrap();
     let tokenizer_config = serde_json::json!({
         "bos_token": "<|begin_of_text|>",
         "eos_token": "<|eot_id|>",

@@ -56,7 +56,7 @@ pub fn load(plan: &Plan, state: &AppState) -> anyhow::Result<()> {
         std::thread::sleep(delay);
     }
     let device = select_device(&plan.model_args.device)?;
-    let loaded = loader::load(&source, plan.model_args.dtype, &device)?;
+    let loaded = loader::load_with(&source, &plan.model_args.load_options(), &device)?;
     let (engine, info, _engine_thread) =
         engine::start_with_metrics(&loaded, &plan.engine_config, Some(state.metrics.clone()))?;
     let max_model_len = info.capacity.max_model_len;
@@ -68,6 +68,8 @@ pub fn load(plan: &Plan, state: &AppState) -> anyhow::Result<()> {
             enable_prefix_caching: plan.engine_config.enable_prefix_caching,
             cache_dtype: dtype.clone(),
             max_model_len,
+            kv_cache_memory_bytes: info.kv_cache_bytes,
+            gpu_memory_utilization: plan.engine_config.gpu_memory_utilization,
         },
         (kind, &dtype, &device_name(&loaded.device)),
     )?;
