@@ -222,7 +222,8 @@ fn decode_splits(
         .min(max_ctx.div_ceil(MIN_PARTITION))
         .max(max_ctx.div_ceil(MAX_PARTITION))
         .max(1);
-    let partition = max_ctx.div_ceil(splits);
+    // Whole warps' worth of positions per split.
+    let partition = max_ctx.div_ceil(splits).next_multiple_of(32);
     (max_ctx.div_ceil(partition), partition)
 }
 
@@ -349,11 +350,12 @@ mod tests {
             "{splits} {partition}"
         );
         // 256 sequences fill the GPU without splitting a short context.
-        assert_eq!(decode_splits(256, 8, 2000, 132), (1, 2000));
+        assert_eq!(decode_splits(256, 8, 2000, 132).0, 1);
         // A long context always splits to at most MAX_PARTITION positions.
         let (splits, partition) = decode_splits(256, 8, 100_000, 132);
         assert!(partition <= 8192 && splits * partition >= 100_000);
         // A tiny context never splits below MIN_PARTITION.
-        assert_eq!(decode_splits(1, 1, 10, 132), (1, 10));
+        assert_eq!(decode_splits(1, 1, 10, 132), (1, 32));
+        assert_eq!(decode_splits(1, 1, 100, 132), (2, 64));
     }
 }
