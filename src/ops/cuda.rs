@@ -13,7 +13,7 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, WrapErr};
-use candle_core::{bail, CpuStorage, CudaDevice, CudaStorage, DType, Layout, Result, Shape};
+use candle_core::{bail, CpuStorage, CudaDevice, CudaStorage, DType, Layout, Result};
 
 include!(concat!(env!("OUT_DIR"), "/kernels_ptx.rs"));
 
@@ -27,15 +27,15 @@ pub(crate) use fused::{AddRmsNorm, RmsNorm, Rope, SiluMul};
 macro_rules! with_float_type {
     ($dtype:expr, $T:ident => $body:expr) => {
         match $dtype {
-            DType::F32 => {
+            candle_core::DType::F32 => {
                 type $T = f32;
                 $body
             }
-            DType::F16 => {
+            candle_core::DType::F16 => {
                 type $T = half::f16;
                 $body
             }
-            DType::BF16 => {
+            candle_core::DType::BF16 => {
                 type $T = half::bf16;
                 $body
             }

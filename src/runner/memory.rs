@@ -86,6 +86,8 @@ fn profile_gpu(
     dev: &candle_core::CudaDevice,
     config: &EngineConfig,
 ) -> anyhow::Result<GpuMemory> {
+    use candle_core::backend::BackendDevice;
+
     use crate::ops::cuda;
 
     let tokens = config
