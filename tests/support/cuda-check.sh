@@ -25,7 +25,7 @@ tests=$(grep -c '^#\[test\]' tests/gpu_kernels.rs)
 echo "cuda-check: GPU tests skipped visibly: $skipped of $tests"
 (( skipped > 0 && skipped == tests )) || { echo "cuda-check: expected every GPU test to skip" >&2; exit 1; }
 # Asked for explicitly, CUDA must fail clearly rather than fall back.
-if out=$("${CARGO_TARGET_DIR:-target}/debug/surge" serve --device cuda --model "$root/.cache/models/smollm2-hf" --port 0 2>&1); then
+if out=$("${CARGO_TARGET_DIR:-target}/debug/surge" serve --device cuda --model "${SURGE_MODEL_CACHE:-$root/.cache/models}/smollm2-hf" --port 0 2>&1); then
     echo "cuda-check: --device cuda started without a GPU" >&2
     exit 1
 fi
