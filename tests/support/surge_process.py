@@ -21,7 +21,7 @@ def wait_listening(log_path, server, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         log = open(log_path).read()
-        m = re.search(r"listening on https?://[^ ]*:(\d+)", log)
+        m = re.search(r"listening on https?://\S*:(\d+)", log)
         if m:
             return int(m.group(1))
         if server.poll() is not None:
