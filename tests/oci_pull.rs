@@ -327,6 +327,76 @@ fn credentials_wrong_and_right_against_an_htpasswd_registry() {
     assert_eq!(std::fs::read(pulled.join("config.json")).unwrap(), b"{}");
 }
 
+/// A credential helper `docker-credential-NAME` in `bin` that holds `user`/`password` for
+/// `registry` and nothing for any other registry.
+fn fake_credential_helper(bin: &Path, name: &str, registry: &str, user: &str, password: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = bin.join(format!("docker-credential-{name}"));
+    let script = format!(
+        "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread -r server\n\
+         if [ \"$server\" = '{registry}' ]; then\n  \
+         printf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{password}\"}}' \"$server\"\n\
+         else\n  echo 'credentials not found in native keychain'\n  exit 1\nfi\n"
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn credential_helpers_and_stores_of_a_docker_config_are_asked() {
+    let registry = Registry::start_with_htpasswd("surge", "correct horse");
+    registry.push_raw_image(
+        "org/private",
+        "v1",
+        &[(TAR, tar_layer(&[("models/config.json", b"{}")]))],
+    );
+    let host = registry.host();
+    let bin = tempfile::tempdir().unwrap();
+    fake_credential_helper(bin.path(), "surgetest", &host, "surge", "correct horse");
+    fake_credential_helper(bin.path(), "other", "elsewhere.example", "surge", "x");
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let image = format!("oci://{host}/org/private:v1");
+    let pull_with_config = |config: String| {
+        let docker = tempfile::tempdir().unwrap();
+        std::fs::write(docker.path().join("config.json"), config).unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let run = run_surge(
+            &["pull", &image, "--insecure-registry", &host],
+            &[
+                ("SURGE_CACHE", cache.path().to_str().unwrap()),
+                ("DOCKER_CONFIG", docker.path().to_str().unwrap()),
+                ("PATH", &path),
+            ],
+        );
+        (run, cache) // the pulled dir lives in the cache
+    };
+
+    // The registry's own helper; its `auths` entry is the empty one docker writes.
+    let (run, _cache) = pull_with_config(format!(
+        r#"{{"auths":{{"{host}":{{}}}},"credHelpers":{{"{host}":"surgetest"}}}}"#
+    ));
+    assert_eq!(
+        std::fs::read(pulled_dir(&run).join("config.json")).unwrap(),
+        b"{}"
+    );
+    // The default store.
+    let (run, _cache) = pull_with_config(r#"{"credsStore":"surgetest"}"#.to_string());
+    assert_eq!(
+        std::fs::read(pulled_dir(&run).join("config.json")).unwrap(),
+        b"{}"
+    );
+    // A store holding nothing for this registry: anonymous, which the registry refuses.
+    let (run, _) = pull_with_config(r#"{"credsStore":"other"}"#.to_string());
+    assert_failed_with(&run, &["401", &image]);
+    // A helper that is not installed is an error naming it.
+    let (run, _) = pull_with_config(format!(r#"{{"credHelpers":{{"{host}":"absent"}}}}"#));
+    assert_failed_with(&run, &["docker-credential-absent", "could not run"]);
+}
+
 #[test]
 fn an_unknown_tag_or_repository_is_an_error_naming_the_reference() {
     let registry = Registry::start();

@@ -1,6 +1,9 @@
 //! Registry credentials from docker / podman auth files (`config.json`, `auth.json`):
-//! basic credentials or an identity token for the registry, else anonymous. oci-client
-//! turns them into a bearer token when the registry asks for one.
+//! the registry's credential helper (`credHelpers`), else the default credential store
+//! (`credsStore`), else basic credentials or an identity token inline (`auths`), else
+//! anonymous. oci-client turns them into a bearer token when the registry asks for one.
+
+mod cred_helper;
 
 use std::path::{Path, PathBuf};
 
@@ -20,9 +23,15 @@ pub struct AuthFiles {
 }
 
 #[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
 struct AuthFile {
     #[serde(default)]
     auths: std::collections::BTreeMap<String, AuthEntry>,
+    /// Registry → helper name (`docker-credential-<name>`).
+    #[serde(default)]
+    cred_helpers: std::collections::BTreeMap<String, String>,
+    /// The helper for every registry without one of its own.
+    creds_store: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -64,6 +73,17 @@ fn lookup(file: &Path, registry: &str) -> Result<Option<RegistryAuth>, OciError>
     };
     let text = std::fs::read_to_string(file).map_err(|e| OciError::io(file, e))?;
     let parsed: AuthFile = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    // Docker's order: the registry's own helper, then the default store.
+    let helper = parsed
+        .cred_helpers
+        .iter()
+        .find(|(key, _)| normalize(key) == registry)
+        .map(|(_, helper)| helper);
+    for helper in helper.into_iter().chain(&parsed.creds_store) {
+        if let Some(auth) = cred_helper::get(helper, registry).map_err(err)? {
+            return Ok(Some(auth));
+        }
+    }
     let Some(entry) = parsed
         .auths
         .iter()
