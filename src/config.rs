@@ -89,20 +89,11 @@ impl RegistryArgs {
 }
 
 impl ModelArgs {
-    /// How to reach remote model sources, from the environment: `HF_HUB_OFFLINE` and
-    /// `HF_TOKEN` (hf-hub itself reads `HF_HOME` and `HF_ENDPOINT`).
+    /// How to reach remote model sources: the registry flags, and the hub's settings
+    /// from the environment ([`hub_settings`]).
     pub fn fetch_settings(&self) -> FetchSettings {
-        let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
-            matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "1" | "true" | "yes" | "on"
-            )
-        });
         FetchSettings {
-            hub: HubSettings {
-                offline,
-                token: std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()),
-            },
+            hub: hub_settings(),
             oci: self.registry.pull_options(),
         }
     }
@@ -298,5 +289,20 @@ pub fn default_cpu_threads() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
+/// The Hugging Face hub's settings from the environment: `HF_HUB_OFFLINE` and `HF_TOKEN`
+/// (hf-hub itself reads `HF_HOME` and `HF_ENDPOINT`).
+pub fn hub_settings() -> HubSettings {
+    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    });
+    HubSettings {
+        offline,
+        token: std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()),
     }
 }

@@ -32,7 +32,7 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Wait until a server answers /health with 200 (e.g. while it scales from zero).
     WaitReady(cli::wait_ready::WaitReadyArgs),
-    /// Pull an oci:// model image into the cache and print its local dir.
+    /// Pull an oci:// model image or a Hugging Face hub model into its cache; print its dir.
     Pull(cli::pull::PullArgs),
     /// Build and push ModelCar images (a model under /models) without a container engine.
     Modelcar(cli::modelcar::ModelCarArgs),

@@ -235,3 +235,52 @@ fn a_file_missing_from_the_repository_is_named() {
         "{log}"
     );
 }
+
+#[test]
+fn surge_pull_fills_the_hub_cache_for_a_later_offline_start() {
+    let tiny = support::tiny_llama();
+    let (endpoint, hub) = start_hub(&tiny);
+    let home = tempfile::tempdir().unwrap();
+    let home_s = home.path().to_str().unwrap();
+    let pull = |model: &str, env: &[(&str, &str)]| {
+        support::registry::run_surge(&["pull", model], &[&[("HF_HOME", home_s)], env].concat())
+    };
+
+    let run = pull("org/tiny", &[("HF_ENDPOINT", endpoint.as_str())]);
+    assert!(run.success, "surge pull failed:\n{}", run.stderr);
+    let snapshot = home
+        .path()
+        .join("hub/models--org--tiny/snapshots")
+        .join(COMMIT);
+    assert_eq!(run.stdout.trim(), snapshot.to_str().unwrap());
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        assert_eq!(
+            std::fs::read(snapshot.join(file)).unwrap(),
+            std::fs::read(tiny.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    // Offline, the pulled model is found without a request.
+    let before = hub.seen.lock().unwrap().len();
+    let run = pull("org/tiny", &[("HF_HUB_OFFLINE", "1")]);
+    assert!(run.success, "offline pull failed:\n{}", run.stderr);
+    assert_eq!(run.stdout.trim(), snapshot.to_str().unwrap());
+    assert_eq!(
+        hub.seen.lock().unwrap().len(),
+        before,
+        "offline went online"
+    );
+    // A model not cached, offline, and a local dir: clear errors.
+    let run = pull("org/absent", &[("HF_HUB_OFFLINE", "1")]);
+    assert!(
+        !run.success && run.stderr.contains("org/absent"),
+        "{}",
+        run.stderr
+    );
+    let run = pull(tiny.to_str().unwrap(), &[]);
+    assert!(
+        !run.success && run.stderr.contains("nothing to pull"),
+        "{}",
+        run.stderr
+    );
+}
