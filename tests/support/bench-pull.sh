@@ -9,8 +9,7 @@
 #   bf16    (default) like bf16 weights: every other byte (the sign and exponent) takes
 #           one of 8 values, the mantissa bytes are random. gzip saves ~20% on them, as on
 #           real weights, so gzip layers hold Huffman-coded blocks that must be inflated.
-#   random  incompressible: gzip (level 2 and up, and Go's gzip) stores such blocks as
-#           they are, and inflating them is a copy.
+#   random  incompressible: gzip layers are as large as their content.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 surge=${SURGE_BIN:-$root/target/release/surge}

@@ -236,12 +236,9 @@ fn write_layer(
         Ok((diff_id, compressed.digest(), compressed.len))
     };
     let encoder: Box<dyn FinishWrite> = match spec.compression {
-        // Level 2, not 1: zlib-rs's level 1 uses fixed Huffman codes only and makes
-        // weights 2-6% larger than they are; from level 2 on, blocks that don't compress
-        // are stored as they are (as Go's gzip, which docker and podman use, does).
         Compression::Gzip => Box::new(flate2::write::GzEncoder::new(
             compressed,
-            flate2::Compression::new(2),
+            flate2::Compression::fast(),
         )),
         Compression::Zstd => {
             Box::new(zstd::stream::write::Encoder::new(compressed, 3).map_err(io)?)
