@@ -277,14 +277,21 @@ fn a_connection_cut_mid_blob_is_resumed_with_a_range_request() {
     );
 }
 
-#[test]
-fn credentials_wrong_and_right_against_an_htpasswd_registry() {
+/// A registry that takes only surge / "correct horse", holding `org/private:v1` (a
+/// model dir with just `config.json`, `{}`).
+fn private_registry() -> Registry {
     let registry = Registry::start_with_htpasswd("surge", "correct horse");
     registry.push_raw_image(
         "org/private",
         "v1",
         &[(TAR, tar_layer(&[("models/config.json", b"{}")]))],
     );
+    registry
+}
+
+#[test]
+fn credentials_wrong_and_right_against_an_htpasswd_registry() {
+    let registry = private_registry();
     let dir = tempfile::tempdir().unwrap();
     let auth_file = |name: &str, user: &str, password: &str| {
         use base64::Engine;
@@ -344,12 +351,7 @@ fn fake_credential_helper(bin: &Path, name: &str, registry: &str, user: &str, pa
 
 #[test]
 fn credential_helpers_and_stores_of_a_docker_config_are_asked() {
-    let registry = Registry::start_with_htpasswd("surge", "correct horse");
-    registry.push_raw_image(
-        "org/private",
-        "v1",
-        &[(TAR, tar_layer(&[("models/config.json", b"{}")]))],
-    );
+    let registry = private_registry();
     let host = registry.host();
     let bin = tempfile::tempdir().unwrap();
     fake_credential_helper(bin.path(), "surgetest", &host, "surge", "correct horse");
