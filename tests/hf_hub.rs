@@ -154,7 +154,17 @@ fn hub_model_is_fetched_cached_and_served_offline() {
         ("HF_ENDPOINT", endpoint.as_str()),
         ("HF_TOKEN", TOKEN),
     ];
-    assert_eq!(greedy_chat(&serve("org/tiny", &online)), local);
+    let server = serve("org/tiny", &online);
+    assert_eq!(greedy_chat(&server), local);
+    // Not on a terminal: each file's download ends in a progress log line.
+    let log = server.log();
+    assert!(
+        log.lines().any(|l| l.contains("model.safetensors")
+            && l.contains("pulled ")
+            && l.contains(" of ")),
+        "no progress line for model.safetensors:\n{log}"
+    );
+    drop(server);
     let seen = hub.seen.lock().unwrap().clone();
     let fetched: Vec<&str> = seen.iter().map(|(f, _)| f.as_str()).collect();
     for file in ["config.json", "tokenizer.json", "model.safetensors"] {

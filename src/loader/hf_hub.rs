@@ -1,13 +1,15 @@
 //! `--model org/name[@revision]`: a model on the Hugging Face hub, fetched with
 //! `hf-hub` into its cache (`HF_HOME`, default ~/.cache/huggingface) and loaded from the
 //! snapshot directory. `HF_ENDPOINT` moves the hub, `HF_TOKEN` (or the token file in
-//! `HF_HOME`) authenticates, and `HF_HUB_OFFLINE=1` uses the cache alone.
+//! `HF_HOME`) authenticates, and `HF_HUB_OFFLINE=1` uses the cache alone. Downloads show
+//! surge's progress: a bar on a terminal, log lines otherwise.
 
 use std::path::PathBuf;
 
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
 
+use super::progress::Progress;
 use super::LoadError;
 
 /// Files a model directory needs, and those it may have.
@@ -100,22 +102,58 @@ fn getter(model: &HubModel, settings: &HubSettings) -> Result<Getter, LoadError>
         let cache = Cache::from_env().repo(model.repo());
         return Ok(Box::new(move |file| Ok(cache.get(file))));
     }
-    let mut builder =
-        ApiBuilder::from_env().with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut builder = ApiBuilder::from_env().with_progress(false);
     if settings.token.is_some() {
         builder = builder.with_token(settings.token.clone());
     }
     let api = builder.build().map_err(|e| hub_error(model, "", e))?;
     let repo = api.repo(model.repo());
+    let cache = Cache::from_env().repo(model.repo());
     let model = model.clone();
     Ok(Box::new(move |file| {
+        if let Some(path) = cache.get(file) {
+            return Ok(Some(path));
+        }
         tracing::info!(model = %model, file, "fetching from the Hugging Face hub");
-        match repo.get(file) {
+        let progress = HubProgress {
+            label: model.to_string(),
+            bar,
+            progress: None,
+        };
+        match repo.download_with_progress(file, progress) {
             Ok(path) => Ok(Some(path)),
             Err(hf_hub::api::sync::ApiError::RequestError(e)) if is_not_found(&e) => Ok(None),
             Err(e) => Err(hub_error(&model, file, e)),
         }
     }))
+}
+
+/// hf-hub's download callbacks, shown as surge's [`Progress`] of one file.
+struct HubProgress {
+    label: String,
+    bar: bool,
+    progress: Option<Progress>,
+}
+
+impl hf_hub::api::Progress for HubProgress {
+    fn init(&mut self, size: usize, filename: &str) {
+        let label = format!("{} {filename}", self.label);
+        self.progress = Some(Progress::new(&label, size as u64, self.bar));
+    }
+
+    fn update(&mut self, size: usize) {
+        if let Some(progress) = &self.progress {
+            progress.add(size as u64);
+            progress.log_if_due();
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(progress) = &self.progress {
+            progress.finish();
+        }
+    }
 }
 
 fn is_not_found(e: &ureq::Error) -> bool {

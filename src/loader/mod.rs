@@ -7,6 +7,7 @@ pub mod hf_config;
 pub mod hf_dir;
 pub mod hf_hub;
 pub mod oci;
+pub mod progress;
 pub mod wait_for_model;
 pub mod weights;
 

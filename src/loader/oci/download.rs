@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 
 use super::chunks::ChunkSender;
 use super::error::OciError;
-use super::progress::Progress;
 use super::registry::{error_chain, is_transient, Registry, MAX_ATTEMPTS};
+use crate::loader::progress::Progress;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);

@@ -8,7 +8,6 @@ pub mod chunks;
 pub mod download;
 pub mod error;
 pub mod merge;
-pub mod progress;
 pub mod reference;
 pub mod registry;
 pub mod unpack;
@@ -24,9 +23,9 @@ pub use auth::AuthFiles;
 pub use error::OciError;
 pub use reference::OciReference;
 
+use super::progress::Progress;
 use cache::Cache;
 use download::digest_hex;
-use progress::Progress;
 use registry::Registry;
 
 /// How to reach registries.

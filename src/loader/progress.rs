@@ -1,8 +1,8 @@
-//! Pull progress: an indicatif bar (bytes, rate, ETA) on a terminal, otherwise a log line
-//! every few seconds.
+//! Download progress (OCI pulls, Hugging Face hub files): an indicatif bar (bytes, rate,
+//! ETA) on a terminal, otherwise a log line every few seconds.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -20,6 +20,7 @@ struct Inner {
     done: AtomicU64,
     bar: Option<ProgressBar>,
     started: Instant,
+    last_line: Mutex<Instant>,
     label: String,
 }
 
@@ -43,6 +44,7 @@ impl Progress {
                 done: AtomicU64::new(0),
                 bar,
                 started: Instant::now(),
+                last_line: Mutex::new(Instant::now()),
                 label: label.to_string(),
             }),
         }
@@ -71,6 +73,24 @@ impl Progress {
         }))
     }
 
+    /// For synchronous downloads, called as bytes arrive: a log line when the last one is
+    /// [`LOG_EVERY`] old (no-op with a bar).
+    pub fn log_if_due(&self) {
+        if self.inner.bar.is_some() {
+            return;
+        }
+        let mut last = self
+            .inner
+            .last_line
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() >= LOG_EVERY {
+            *last = Instant::now();
+            drop(last);
+            self.log_line();
+        }
+    }
+
     fn log_line(&self) {
         let inner = &self.inner;
         let done = inner.done.load(Ordering::Relaxed);
@@ -78,7 +98,7 @@ impl Progress {
         let rate = done as f64 / secs;
         let eta = (rate > 0.0).then(|| (inner.total.saturating_sub(done)) as f64 / rate);
         tracing::info!(
-            image = %inner.label,
+            source = %inner.label,
             "pulled {} of {} ({}/s, ETA {})",
             bytesize::ByteSize(done).display().iec(),
             bytesize::ByteSize(inner.total).display().iec(),
