@@ -222,6 +222,25 @@ fn registry_5xx_answers_are_retried() {
 }
 
 #[test]
+fn a_registry_denying_the_blobs_is_a_clear_error_without_retries() {
+    let registry = Registry::start();
+    registry.push_raw_image(
+        "org/private",
+        "v1",
+        &[(GZIP, gzip(&tar_layer(&[("models/w.bin", b"w")])))],
+    );
+    let proxy = Proxy::start_denying(registry.addr());
+    let cache = tempfile::tempdir().unwrap();
+    let run = pull(&proxy.host(), "org/private:v1", cache.path(), &[]);
+    let full = format!("oci://{}/org/private:v1", proxy.host());
+    assert_failed_with(&run, &[&full, "access denied (HTTP 403)"]);
+    // A 403 is an answer, not a hiccup: one request, no retries.
+    assert_eq!(proxy.blob_gets().len(), 1, "{:?}", proxy.requests());
+    let left = non_empty_files(cache.path());
+    assert!(left.is_empty(), "files left in the cache: {left:?}");
+}
+
+#[test]
 fn a_corrupted_blob_is_a_digest_error_naming_the_layer_and_nothing_is_cached() {
     let registry = Registry::start();
     let good = gzip(&tar_layer(&[("models/config.json", b"{}")]));

@@ -247,6 +247,12 @@ fn raw_status(addr: SocketAddr, path: &str) -> Option<u16> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+const UNAVAILABLE: (&str, &str) = ("503 Service Unavailable", "");
+const DENIED: (&str, &str) = (
+    "403 Forbidden",
+    r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#,
+);
+
 /// A TCP proxy in front of the registry: records every request head it forwards and can
 /// cut the connection part way through blob downloads.
 pub struct Proxy {
@@ -262,8 +268,10 @@ struct ProxyState {
     cuts_left: AtomicUsize,
     /// Bytes of a blob response forwarded before a cut.
     cut_after: AtomicU64,
-    /// Blob downloads still to answer with 503 (without asking the registry).
+    /// Blob downloads still to answer with `fail_with` (without asking the registry).
     fails_left: AtomicUsize,
+    /// The status line and body of those answers.
+    fail_with: (&'static str, &'static str),
     stop: AtomicBool,
 }
 
@@ -276,12 +284,18 @@ impl Proxy {
     /// A proxy that cuts the first `num_cuts` blob downloads after `after_bytes` bytes of
     /// each response.
     pub fn start_cutting(upstream: SocketAddr, num_cuts: usize, after_bytes: u64) -> Proxy {
-        Self::start_inner(upstream, num_cuts, after_bytes, 0)
+        Self::start_inner(upstream, num_cuts, after_bytes, 0, UNAVAILABLE)
     }
 
     /// A proxy that answers the first `num_failures` blob downloads with 503.
     pub fn start_failing(upstream: SocketAddr, num_failures: usize) -> Proxy {
-        Self::start_inner(upstream, 0, 0, num_failures)
+        Self::start_inner(upstream, 0, 0, num_failures, UNAVAILABLE)
+    }
+
+    /// A proxy that answers every blob download with 403 and a registry's DENIED error,
+    /// as a registry does for a token without pull access to the repository.
+    pub fn start_denying(upstream: SocketAddr) -> Proxy {
+        Self::start_inner(upstream, 0, 0, usize::MAX, DENIED)
     }
 
     fn start_inner(
@@ -289,6 +303,7 @@ impl Proxy {
         num_cuts: usize,
         after_bytes: u64,
         num_failures: usize,
+        fail_with: (&'static str, &'static str),
     ) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -298,6 +313,7 @@ impl Proxy {
             cuts_left: AtomicUsize::new(num_cuts),
             cut_after: AtomicU64::new(after_bytes),
             fails_left: AtomicUsize::new(num_failures),
+            fail_with,
             stop: AtomicBool::new(false),
         });
         let accept_state = state.clone();
@@ -337,7 +353,7 @@ impl Proxy {
         self.state.cuts_left.load(Ordering::SeqCst)
     }
 
-    /// Blob downloads left to answer with 503.
+    /// Blob downloads left to answer with the failure status.
     pub fn failures_left(&self) -> usize {
         self.state.fails_left.load(Ordering::SeqCst)
     }
@@ -374,14 +390,17 @@ fn serve_connection(client: TcpStream, state: Arc<ProxyState>) {
             for head in parser.feed(&buf[..n]) {
                 let is_blob_get = head.starts_with("GET ") && head.contains("/blobs/sha256:");
                 if is_blob_get && take_one(&up_state.fails_left) {
+                    let (status, body) = up_state.fail_with;
                     up_state
                         .requests
                         .lock()
                         .unwrap()
-                        .push(format!("{head} -> 503"));
-                    let _ = client_reply.write_all(
-                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        .push(format!("{head} -> {status}"));
+                    let reply = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
                     );
+                    let _ = client_reply.write_all(reply.as_bytes());
                     let _ = client_reply.shutdown(Shutdown::Both);
                     failed = true;
                     break;
