@@ -75,6 +75,24 @@ fn build_script_is_valid_bash_and_refuses_unknown_variants() {
 }
 
 #[test]
+fn check_script_is_valid_bash_and_wants_a_model_dir() {
+    let script = repo().join("containers/check.sh");
+    let status = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = Command::new("bash").arg(&script).output().unwrap();
+    assert!(!output.status.success(), "no MODEL_DIR must fail");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("usage: containers/check.sh MODEL_DIR"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn containerfiles_build_the_binary_with_the_shared_script() {
     for (file, variant) in [
         ("containers/Containerfile", "cuda"),
