@@ -106,20 +106,8 @@ arbitrary="$(serve_and_ask --user 1000650000:0 -v "$model:/mnt/models:ro" --)"
 [[ "$arbitrary" == "$mounted" ]] || die "an arbitrary UID answered '$arbitrary', not '$mounted'"
 
 log "serving the ModelCar from a local registry"
-port="$(free_port)"
-cat >"$work/registry.yml" <<YML
-version: 0.1
-log:
-  level: error
-storage:
-  filesystem:
-    rootdirectory: $work/storage
-http:
-  addr: 127.0.0.1:$port
-YML
-/usr/bin/docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-registry_pid=$!
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
+read -r port registry_pid < <(bash "$repo/tests/support/local-registry.sh" "$work/registry")
+[[ -n "$port" ]] || die "no local registry"
 remote="127.0.0.1:$port/check/modelcar:1"
 if [[ "$engine" == podman ]]; then
     podman push -q --tls-verify=false "$modelcar" "$remote"

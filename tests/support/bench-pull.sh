@@ -21,20 +21,8 @@ compressions=("${@:-gzip none}")
 work=$(mktemp -d)
 registry_pid=
 trap '[ -n "$registry_pid" ] && kill "$registry_pid"; rm -rf "$work"' EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat > "$work/registry.yml" <<YML
-version: 0.1
-log:
-  level: error
-storage:
-  filesystem:
-    rootdirectory: $work/storage
-http:
-  addr: 127.0.0.1:$port
-YML
-/usr/bin/docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
-registry_pid=$!
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/v2/" > /dev/null && break; sleep 0.1; done
+read -r port registry_pid < <(bash "$root/tests/support/local-registry.sh" "$work/registry")
+[ -n "$port" ] || exit 1
 # A model dir: config and tokenizer files plus LAYERS weight shards of random bytes.
 mkdir -p "$work/model"
 echo '{"architectures": ["LlamaForCausalLM"]}' > "$work/model/config.json"
