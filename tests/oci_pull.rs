@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rand::{RngCore, SeedableRng};
-use support::registry::{run_surge, Proxy, Registry, Run};
+use support::registry::{run_surge, run_surge_under, Proxy, Registry, Run};
 
 const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
@@ -523,5 +523,82 @@ fn two_processes_pulling_one_image_download_it_once() {
         2,
         "each layer should be fetched once: {:?}",
         proxy.requests()
+    );
+}
+
+/// Mounts an 8 MiB tmpfs over the cache in a mount namespace of its own, then pulls the
+/// image `$4` (which does not fit), lists the files left in the cache, and pulls `$5`.
+const FULL_DISK_PULLS: &str = r#"
+cache=$1 host=$2 surge=$3
+mount -t tmpfs -o size=8m surge-full-disk "$cache" || { echo "no tmpfs"; exit 90; }
+"$surge" pull "oci://$host/$4" --insecure-registry "$host"
+echo "big pull exit=$?"
+echo "left in the cache:"
+find "$cache" -type f -size +0c
+echo "end of list"
+"$surge" pull "oci://$host/$5" --insecure-registry "$host"
+echo "small pull exit=$?"
+"#;
+
+#[test]
+fn a_full_disk_is_reported_as_such_and_the_partial_pull_is_removed() {
+    let registry = Registry::start();
+    let weights = random_bytes(16 << 20, 5);
+    registry.push_raw_image(
+        "org/big",
+        "v1",
+        &[
+            (GZIP, gzip(&tar_layer(&[("models/config.json", b"{}")]))),
+            (GZIP, gzip(&tar_layer(&[("models/w.bin", &weights)]))),
+        ],
+    );
+    registry.push_raw_image(
+        "org/small",
+        "v1",
+        &[(
+            GZIP,
+            gzip(&tar_layer(&[("models/w.bin", &weights[..1 << 20])])),
+        )],
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let (cache_dir, host) = (cache.path().to_str().unwrap(), registry.host());
+    let wrapper = [
+        "unshare",
+        "-Urm",
+        "sh",
+        "-c",
+        FULL_DISK_PULLS,
+        "full-disk",
+        cache_dir,
+        &host,
+    ];
+    let run = run_surge_under(
+        &wrapper,
+        &["org/big:v1", "org/small:v1"],
+        &[("SURGE_CACHE", cache_dir)],
+    );
+    let out = &run.stdout;
+    assert!(
+        run.success && !out.contains("no tmpfs"),
+        "the tmpfs could not be mounted:\n{out}\n{}",
+        run.stderr
+    );
+    assert!(out.contains("big pull exit=1"), "{out}\n{}", run.stderr);
+    assert!(
+        run.stderr.contains("no space left on device while writing")
+            && run.stderr.contains("w.bin"),
+        "the error should say the disk is full and name the file:\n{}",
+        run.stderr
+    );
+    let left = out
+        .split("left in the cache:\n")
+        .nth(1)
+        .and_then(|rest| rest.split("end of list").next())
+        .unwrap_or("?");
+    assert_eq!(left.trim(), "", "the failed pull left files behind:\n{out}");
+    assert!(
+        out.contains("small pull exit=0"),
+        "a pull that fits should succeed after the failed one:\n{out}\n{}",
+        run.stderr
     );
 }

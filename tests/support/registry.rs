@@ -510,9 +510,23 @@ pub struct Run {
 
 /// Runs `surge ARGS` with `env`, killed after `SURGE_RUN_TIMEOUT`.
 pub fn run_surge(args: &[&str], env: &[(&str, &str)]) -> Run {
+    run_surge_under(&[], args, env)
+}
+
+/// Runs `WRAPPER… SURGE ARGS…`: `wrapper` is a command line that is given the path of
+/// surge's binary and then `args` (e.g. `unshare … sh -c SCRIPT`); empty runs surge itself.
+pub fn run_surge_under(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_surge"));
+    let surge = env!("CARGO_BIN_EXE_surge");
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(rest).arg(surge);
+            cmd
+        }
+        None => Command::new(surge),
+    };
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).unwrap())
