@@ -10,6 +10,7 @@ import io
 import json
 import struct
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,19 @@ def tar_of(entries) -> bytes:
     return buf.getvalue()
 
 
+def gzip_members(data: bytes, member: int) -> bytes:
+    """gzip as `surge modelcar build` writes it: members that say their size (mgzip)."""
+    out = b""
+    for at in range(0, len(data), member):
+        chunk = data[at : at + member]
+        deflate = zlib.compressobj(1, zlib.DEFLATED, -15)
+        body = deflate.compress(chunk) + deflate.flush()
+        size = 20 + len(body) + 8
+        header = b"\x1f\x8b\x08\x04" + bytes(4) + b"\x04\xff" + struct.pack("<H2sHI", 8, b"IG", 4, size)
+        out += header + body + struct.pack("<II", zlib.crc32(chunk), len(chunk))
+    return out
+
+
 def layers() -> None:
     layer = tar_of(
         [
@@ -149,6 +163,7 @@ def layers() -> None:
     )
     write("oci_layer", "tar", b"\x01" + layer)
     write("oci_layer", "tar-gzip", b"\x01" + gzip.compress(layer, mtime=0))
+    write("oci_layer", "tar-gzip-members", b"\x01" + gzip_members(layer, 1024))
     manifest = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",

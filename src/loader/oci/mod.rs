@@ -7,6 +7,7 @@ pub mod cache;
 pub mod chunks;
 pub mod download;
 pub mod error;
+pub mod gzip_members;
 pub mod merge;
 pub mod reference;
 pub mod registry;

@@ -9,13 +9,14 @@ use std::io::{BufRead, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use super::error::{is_disk_full, OciError};
+use super::gzip_members::MemberReader;
 
 /// The ModelCar convention: the model's files live under /models in the image.
 pub const MODELS_DIR: &str = "models";
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
-/// The write buffer of one unpacked file, and so the size of each read from the layer.
-const COPY_BUFFER: usize = 1 << 20;
+/// The size of each read from the layer into an unpacked file, and of each write to it.
+pub const COPY_BUFFER: usize = 1 << 20;
 
 /// Which layer is being unpacked, for errors.
 pub struct Layer<'a> {
@@ -78,7 +79,7 @@ pub fn unpack_layer<R: BufRead>(
 ) -> Result<Staged, OciError> {
     std::fs::create_dir_all(staging).map_err(|e| OciError::io(staging, e))?;
     let decoded: Box<dyn Read + '_> = match encoding {
-        Encoding::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
+        Encoding::Gzip => Box::new(MemberReader::new(reader)),
         Encoding::Zstd => Box::new(
             zstd::stream::read::Decoder::with_buffer(reader)
                 .map_err(|e| bad(layer, format!("zstd: {e}")))?,
@@ -89,6 +90,7 @@ pub fn unpack_layer<R: BufRead>(
         layer,
         root: staging,
         below: Vec::new(),
+        buffer: vec![0; COPY_BUFFER],
     };
     let mut archive = tar::Archive::new(decoded);
     let entries = archive
@@ -104,6 +106,19 @@ pub fn unpack_layer<R: BufRead>(
     })
 }
 
+/// Copies `from` to its end into `to` through `buffer`. Every read asks for the whole
+/// buffer, so that a gzip member can inflate straight into it (see [`MemberReader`]).
+fn copy_whole(from: &mut impl Read, to: &mut impl Write, buffer: &mut [u8]) -> std::io::Result<()> {
+    loop {
+        match from.read(buffer) {
+            Ok(0) => return Ok(()),
+            Ok(n) => to.write_all(&buffer[..n])?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn bad(layer: &Layer, message: String) -> OciError {
     OciError::BadLayer {
         reference: layer.reference.to_string(),
@@ -117,6 +132,8 @@ struct Unpacker<'a> {
     /// The layer's staging dir.
     root: &'a Path,
     below: Vec<Below>,
+    /// Between the layer and the file being written.
+    buffer: Vec<u8>,
 }
 
 impl Unpacker<'_> {
@@ -168,19 +185,14 @@ impl Unpacker<'_> {
                 remove_any(&dest)?;
                 create_parent(&dest)?;
                 let mode = entry.header().mode().unwrap_or(0o644);
-                let file = std::fs::File::create(&dest).map_err(|e| OciError::io(&dest, e))?;
-                // io::copy reads straight into a BufWriter's buffer: 1 MiB reads and
-                // writes rather than 8 KiB ones.
-                let mut out = std::io::BufWriter::with_capacity(COPY_BUFFER, file);
-                std::io::copy(&mut entry, &mut out)
-                    .and_then(|_| out.flush())
-                    .map_err(|e| {
-                        if is_disk_full(&e) {
-                            OciError::DiskFull(dest.clone())
-                        } else {
-                            bad(self.layer, format!("entry `{name}`: {e}"))
-                        }
-                    })?;
+                let mut file = std::fs::File::create(&dest).map_err(|e| OciError::io(&dest, e))?;
+                copy_whole(&mut entry, &mut file, &mut self.buffer).map_err(|e| {
+                    if is_disk_full(&e) {
+                        OciError::DiskFull(dest.clone())
+                    } else {
+                        bad(self.layer, format!("entry `{name}`: {e}"))
+                    }
+                })?;
                 set_mode(&dest, mode)?;
             }
             T::Symlink => {

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::download::to_hex;
 use super::error::OciError;
+use super::gzip_members::MemberWriter;
 use super::reference::OciReference;
 use super::registry::Registry;
 use super::unpack::MODELS_DIR;
@@ -236,10 +237,7 @@ fn write_layer(
         Ok((diff_id, compressed.digest(), compressed.len))
     };
     let encoder: Box<dyn FinishWrite> = match spec.compression {
-        Compression::Gzip => Box::new(flate2::write::GzEncoder::new(
-            compressed,
-            flate2::Compression::fast(),
-        )),
+        Compression::Gzip => Box::new(MemberWriter::new(compressed)),
         Compression::Zstd => {
             Box::new(zstd::stream::write::Encoder::new(compressed, 3).map_err(io)?)
         }
@@ -299,7 +297,7 @@ trait FinishWrite: Write + Send {
 
 type Sink = Hashing<BufWriter<std::fs::File>>;
 
-impl FinishWrite for flate2::write::GzEncoder<Sink> {
+impl FinishWrite for MemberWriter<Sink> {
     fn finish(self: Box<Self>) -> std::io::Result<Sink> {
         let mut sink = (*self).finish()?;
         sink.flush()?;

@@ -171,3 +171,28 @@ fn upper_layers_replace_lower_links_and_link_to_lower_files() {
         "{e}"
     );
 }
+
+#[test]
+fn files_across_gzip_member_boundaries_unpack_byte_exact() {
+    use std::io::Write;
+    let big: Vec<u8> = (0..5 * COPY_BUFFER / 2)
+        .map(|i| (i * 7 / 3) as u8)
+        .collect();
+    let exact: Vec<u8> = (0..COPY_BUFFER).map(|i| (i % 251) as u8).collect();
+    let layer = tar_of(&[
+        E::File("models/config.json", b"{}"),
+        E::File("models/big.bin", &big),
+        E::File("models/small.txt", b"small"),
+        E::File("models/exact.bin", &exact),
+    ]);
+    let mut members = super::super::gzip_members::MemberWriter::new(Vec::new());
+    members.write_all(&layer).unwrap();
+    let framed = members.finish().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    unpack(root.path(), &[framed]).unwrap();
+    let r = root.path();
+    assert_eq!(std::fs::read(r.join("config.json")).unwrap(), b"{}");
+    assert_eq!(std::fs::read(r.join("big.bin")).unwrap(), big);
+    assert_eq!(std::fs::read(r.join("small.txt")).unwrap(), b"small");
+    assert_eq!(std::fs::read(r.join("exact.bin")).unwrap(), exact);
+}
