@@ -4,6 +4,9 @@
 # into an empty cache and copied by `skopeo copy docker://… dir:…` in the same run, for
 # each layer compression. Prints both times and their ratio.
 # Usage: bench-pull.sh [SIZE_MIB] [LAYERS] [COMPRESSIONS...]   (default: 1024 4 gzip none)
+# COMPRESSIONS: gzip, zstd, none (as `surge modelcar build` writes them), or skopeo-gzip
+# (the uncompressed image gzipped by skopeo: one gzip member per layer, as podman
+# and other container tools write it).
 #
 # SURGE_BENCH_WEIGHTS picks the bytes of the shards:
 #   bf16    (default) like bf16 weights: every other byte (the sign and exponent) takes
@@ -41,8 +44,22 @@ PY
 done
 for c in ${compressions[*]}; do
   image="127.0.0.1:$port/bench/model:$c"
-  "$surge" modelcar build "$work/model" --push "oci://$image" --layers "$layers" \
-    --compression "$c" --insecure-registry "127.0.0.1:$port" > /dev/null 2>&1
+  if [ "$c" = skopeo-gzip ]; then
+    # gzip as container tools write it (one member per layer), recompressed by skopeo.
+    # The source is on a registry of its own: pushing to the same one, skopeo would find
+    # the uncompressed blobs there and reuse them instead of uploading gzip ones.
+    read -r src_port src_pid < <(bash "$root/tests/support/local-registry.sh" "$work/src-registry")
+    "$surge" modelcar build "$work/model" --push "oci://127.0.0.1:$src_port/bench/model:none" \
+      --layers "$layers" --compression none --insecure-registry "127.0.0.1:$src_port" > /dev/null 2>&1
+    skopeo copy --src-tls-verify=false --dest-compress --dest-compress-format gzip \
+      "docker://127.0.0.1:$src_port/bench/model:none" "dir:$work/gzipped" > /dev/null
+    kill "$src_pid"
+    skopeo copy --dest-tls-verify=false "dir:$work/gzipped" "docker://$image" > /dev/null
+    rm -rf "$work/gzipped" "$work/src-registry"
+  else
+    "$surge" modelcar build "$work/model" --push "oci://$image" --layers "$layers" \
+      --compression "$c" --insecure-registry "127.0.0.1:$port" > /dev/null 2>&1
+  fi
   rm -rf "$work/cache" "$work/skopeo"
   start=$(date +%s.%N)
   "$surge" pull "oci://$image" --insecure-registry "127.0.0.1:$port" --cache-dir "$work/cache" > /dev/null 2>&1
@@ -50,6 +67,6 @@ for c in ${compressions[*]}; do
   start=$(date +%s.%N)
   skopeo copy --src-tls-verify=false "docker://$image" "dir:$work/skopeo" > /dev/null
   skopeo_s=$(echo "$(date +%s.%N) - $start" | bc)
-  printf '%-6s %-5s %5d MiB %d layers   surge pull %6.2f s   skopeo copy %6.2f s   skopeo/surge %.2fx\n' \
+  printf '%-6s %-11s %5d MiB %d layers   surge pull %6.2f s   skopeo copy %6.2f s   skopeo/surge %.2fx\n' \
     "$weights" "$c" "$size" "$layers" "$surge_s" "$skopeo_s" "$(echo "$skopeo_s / $surge_s" | bc -l)"
 done

@@ -35,15 +35,6 @@ impl ChunkSender {
             }
         }
     }
-
-    /// From a blocking thread (replaying a partial blob from an earlier run).
-    pub fn blocking_send(&mut self, chunk: Bytes) {
-        if let Some(tx) = &self.tx {
-            if tx.blocking_send(chunk).is_err() {
-                self.tx = None;
-            }
-        }
-    }
 }
 
 /// The unpacker's end: a blocking reader; end of file when the sender is dropped.
@@ -99,6 +90,17 @@ impl BufRead for ChunkReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl ChunkSender {
+        /// [`ChunkSender::send`] from a plain thread.
+        fn blocking_send(&mut self, chunk: Bytes) {
+            if let Some(tx) = &self.tx {
+                if tx.blocking_send(chunk).is_err() {
+                    self.tx = None;
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_reader_sees_every_byte_in_order_and_peeks_across_chunks() {
