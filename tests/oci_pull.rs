@@ -55,6 +55,13 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
+/// gzip as `surge modelcar build` writes it: 1 MiB members that state their size.
+fn gzip_members(bytes: &[u8]) -> Vec<u8> {
+    let mut members = surge::loader::oci::gzip_members::MemberWriter::new(Vec::new());
+    members.write_all(bytes).unwrap();
+    members.finish().unwrap()
+}
+
 fn zstd(bytes: &[u8]) -> Vec<u8> {
     zstd::encode_all(bytes, 3).unwrap()
 }
@@ -600,5 +607,29 @@ fn a_full_disk_is_reported_as_such_and_the_partial_pull_is_removed() {
         out.contains("small pull exit=0"),
         "a pull that fits should succeed after the failed one:\n{out}\n{}",
         run.stderr
+    );
+}
+
+#[test]
+fn one_framed_gzip_layer_inflates_on_every_core_byte_exact() {
+    // One layer alone gets every core to inflate its members on (two or more here).
+    let registry = Registry::start();
+    let weights = random_bytes(9 << 20, 6);
+    let layer = tar_layer(&[
+        ("models/config.json", b"{}"),
+        ("models/model.safetensors", &weights),
+        ("models/tokenizer.json", b"{\"t\":1}"),
+    ]);
+    registry.push_raw_image("org/framed", "v1", &[(GZIP, gzip_members(&layer))]);
+    let cache = tempfile::tempdir().unwrap();
+    let dir = pulled_dir(&pull(&registry.host(), "org/framed:v1", cache.path(), &[]));
+    assert_eq!(
+        std::fs::read(dir.join("model.safetensors")).unwrap(),
+        weights
+    );
+    assert_eq!(std::fs::read(dir.join("config.json")).unwrap(), b"{}");
+    assert_eq!(
+        std::fs::read(dir.join("tokenizer.json")).unwrap(),
+        b"{\"t\":1}"
     );
 }

@@ -61,9 +61,13 @@ for c in ${compressions[*]}; do
       --compression "$c" --insecure-registry "127.0.0.1:$port" > /dev/null 2>&1
   fi
   rm -rf "$work/cache" "$work/skopeo"
+  # Each timing starts with the page cache written back, so that neither tool pays for
+  # the other's (or the image build's) writes.
+  sync
   start=$(date +%s.%N)
   "$surge" pull "oci://$image" --insecure-registry "127.0.0.1:$port" --cache-dir "$work/cache" > /dev/null 2>&1
   surge_s=$(echo "$(date +%s.%N) - $start" | bc)
+  sync
   start=$(date +%s.%N)
   skopeo copy --src-tls-verify=false "docker://$image" "dir:$work/skopeo" > /dev/null
   skopeo_s=$(echo "$(date +%s.%N) - $start" | bc)

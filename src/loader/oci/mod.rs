@@ -168,20 +168,29 @@ async fn download_and_unpack(
     // Each unpacker holds a read guard: after a failure, taking the write lock waits until
     // every unpacker has stopped writing (dropping a download ends its unpacker's input).
     let unpackers = Arc::new(tokio::sync::RwLock::new(()));
+    let at_once = options.max_concurrent_downloads.max(1);
+    let threads = inflate_threads(layers.len().min(at_once));
     let mut staged = futures::stream::iter(layers.iter().enumerate())
         .map(|(index, layer)| {
             let dir = staging.join(index.to_string());
             let running = unpackers.clone();
             async move {
                 let guard = running.read_owned().await;
-                fetch_and_unpack(registry, layer, dir, progress, guard).await
+                fetch_and_unpack(registry, layer, dir, progress, threads, guard).await
             }
         })
-        .buffered(options.max_concurrent_downloads.max(1));
+        .buffered(at_once);
     let outcome = stack_in_order(&reference, layers, &mut staged, unpacked).await;
     drop(staged);
     let _stopped = unpackers.write().await;
     outcome
+}
+
+/// Threads to inflate each gzip layer's framed members on, when `at_once` layers unpack
+/// at once: the cores shared among them (a layer on its own gets them all).
+fn inflate_threads(at_once: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / at_once.max(1)).max(1)
 }
 
 /// Stacks the layers that `staged` yields, in order, onto `unpacked`.
@@ -218,6 +227,7 @@ async fn fetch_and_unpack(
     layer: &oci_client::manifest::OciDescriptor,
     staging: PathBuf,
     progress: &Progress,
+    inflate_threads: usize,
     running: tokio::sync::OwnedRwLockReadGuard<()>,
 ) -> Result<unpack::Staged, OciError> {
     let (sink, mut source) = chunks::channel();
@@ -229,7 +239,7 @@ async fn fetch_and_unpack(
             digest: &digest,
         };
         let encoding = unpack::Encoding::sniff(source.peek(unpack::Encoding::MAGIC_LEN));
-        unpack::unpack_layer(&layer, encoding, source, &staging)
+        unpack::unpack_layer_inflating_on(&layer, encoding, source, &staging, inflate_threads)
     });
     let fetching = download::fetch_blob(registry, layer, progress, sink);
     tokio::pin!(fetching);

@@ -77,9 +77,20 @@ pub fn unpack_layer<R: BufRead>(
     reader: R,
     staging: &Path,
 ) -> Result<Staged, OciError> {
+    unpack_layer_inflating_on(layer, encoding, reader, staging, 1)
+}
+
+/// [`unpack_layer`], inflating a gzip layer's framed members on `threads` threads.
+pub fn unpack_layer_inflating_on<R: BufRead>(
+    layer: &Layer,
+    encoding: Encoding,
+    reader: R,
+    staging: &Path,
+    threads: usize,
+) -> Result<Staged, OciError> {
     std::fs::create_dir_all(staging).map_err(|e| OciError::io(staging, e))?;
     let decoded: Box<dyn Read + '_> = match encoding {
-        Encoding::Gzip => Box::new(MemberReader::new(reader)),
+        Encoding::Gzip => Box::new(MemberReader::with_threads(reader, threads)),
         Encoding::Zstd => Box::new(
             zstd::stream::read::Decoder::with_buffer(reader)
                 .map_err(|e| bad(layer, format!("zstd: {e}")))?,
