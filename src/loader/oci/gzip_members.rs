@@ -20,8 +20,9 @@ pub use reader::MemberReader;
 /// The uncompressed bytes of one member that `surge modelcar build` writes: at most the
 /// unpacker's read size, so that most members inflate straight into its buffer.
 pub const MEMBER_BYTES: usize = super::unpack::COPY_BUFFER;
-/// The largest member inflated whole (compressed or not); larger ones are streamed.
-pub const MAX_MEMBER: usize = 64 << 20;
+/// The largest member inflated whole (compressed or not); larger ones are streamed. It
+/// bounds what a layer holds in memory: a pool keeps 2 members per thread in flight.
+pub const MAX_MEMBER: usize = 8 << 20;
 
 /// libdeflate's level 1: on bf16-like weights as small as miniz's fastest (0.80).
 /// (`CompressionLvl::fastest()` is level 0, which stores without compressing.)
