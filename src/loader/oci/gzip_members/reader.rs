@@ -73,7 +73,7 @@ impl<R: BufRead> Read for MemberReader<R> {
                     let Some(m) = self.source.read_member()? else {
                         return self.source.read_streaming(buf);
                     };
-                    let deflated = self.source.deflated(&m);
+                    let deflated = deflated(&self.source.member, &m);
                     if m.size <= buf.len() {
                         // Straight into the caller's buffer, saving a copy.
                         inflate(decompressor, deflated, &mut buf[..m.size], m.crc)?;
@@ -143,17 +143,17 @@ impl<R: BufRead> Source<R> {
                 return Ok(None);
             }
         };
-        let mut h = [0u8; HEADER_LEN];
-        let got = read_up_to(&mut inner, &mut h)?;
-        if got == 0 {
+        let mut head = Vec::with_capacity(HEADER_LEN);
+        (&mut inner)
+            .take(HEADER_LEN as u64)
+            .read_to_end(&mut head)?;
+        if head.is_empty() {
             return Ok(None);
         }
-        let len = (got == HEADER_LEN)
-            .then(|| framed_len(&h))
-            .flatten()
-            .filter(|&len| len <= MAX_MEMBER);
-        let Some(len) = len else {
-            self.stream_from(h[..got].to_vec(), inner);
+        let h: Option<[u8; HEADER_LEN]> = head.as_slice().try_into().ok();
+        let len = h.and_then(|h| framed_len(&h).filter(|&len| len <= MAX_MEMBER));
+        let (Some(h), Some(len)) = (h, len) else {
+            self.stream_from(head, inner);
             return Ok(None);
         };
         if self.member.len() < len {
@@ -172,10 +172,6 @@ impl<R: BufRead> Source<R> {
         }
         self.state = State::Framed(inner);
         Ok(Some(Member { len, crc, size }))
-    }
-
-    fn deflated(&self, m: &Member) -> &[u8] {
-        deflated(&self.member, m)
     }
 
     /// Streams the rest of the layer, starting with `read` (bytes already taken from it).
@@ -220,20 +216,6 @@ pub(super) fn inflate(
         return Err(invalid("a gzip member fails its CRC-32 check".to_string()));
     }
     Ok(())
-}
-
-/// Reads until `buf` is full or the stream ends; returns how much was read.
-fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match reader.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 fn inflate_error(e: DecompressionError) -> String {
